@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/testenv"
+)
+
+func noEnv(string) string { return "" }
+
+// sluice runs the command line and returns its output and exit status.
+func sluice(t *testing.T, getenv func(string) string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+	code = exitCode(run(ctx, args, getenv, &out, &errOut), &errOut)
+	return out.String(), errOut.String(), code
+}
+
+func TestCLIRefusesBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no command", []string{"explode"}, `unknown command "explode"`},
+		{"unknown flag", []string{"deploy", "--colour", "red"}, "flag provided but not defined"},
+		{"stray argument", []string{"delete", "--app", "a", "extra"}, `unexpected argument "extra"`},
+		{"no app", []string{"delete"}, "--app is required"},
+		{"bad app", []string{"delete", "--app", "My_App"}, "app name"},
+		{"bad region", []string{"delete", "--app", "a", "--region", "EU WEST"}, "region"},
+		{"deploy without containers", []string{"deploy", "--app", "a"}, "at least one --container"},
+		{"container without id", []string{"deploy", "--app", "a", "--container", "10.0.0.1:80"}, "want ID=HOST:PORT"},
+		{"container without port", []string{"deploy", "--app", "a", "--container", "w=10.0.0.1"}, "HOST:PORT"},
+		{"unbracketed IPv6", []string{"restart", "--app", "a", "--container", "w=::1:80"}, "HOST:PORT"},
+		{"duplicate container", []string{"scale", "--app", "a", "--container", "w=10.0.0.1:80", "--container", "w=10.0.0.2:80"}, "twice"},
+		{"domains without domain", []string{"domains", "--app", "a"}, "at least one --domain"},
+		{"bad domain", []string{"domains", "--app", "a", "--domain", "Shop.Example.com"}, "lowercase"},
+		{"huge generation", []string{"delete", "--app", "a", "--generation", "9007199254740993"}, "generation"},
+		{"bad generation", []string{"delete", "--app", "a", "--generation", "soon"}, "invalid value"},
+		{"serve bad log level", []string{"serve", "--log-level", "loud"}, "--log-level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// No broker runs: input errors are found before connecting.
+			_, stderr, code := sluice(t, noEnv, tt.args...)
+			if code != 2 || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr, tt.want)
+			}
+			if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("error is not one line: %q", stderr)
+			}
+		})
+	}
+}
+
+func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	_, stderr, code := sluice(t, noEnv, "delete", "--app", "a", "--nats", url)
+	if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+	}
+}
+
+func TestCLIPublishesEveryKind(t *testing.T) {
+	n := testenv.StartNATS(t)
+	n.Publisher(t, "eu-1") // creates the stream, as a router would
+	js := n.JetStream(t)
+	env := map[string]string{"SLUICE_NATS_URL": n.URL(), "SLUICE_REGION": "eu-1"}
+	getenv := func(k string) string { return env[k] }
+	steps := [][]string{
+		{"domains", "--app", "web", "--generation", "1", "--domain", "web.example.com", "--domain", "*.web.example.com"},
+		{"deploy", "--app", "web", "--generation", "2", "--container", "w1=10.0.0.1:5000", "--container", "w2=[2001:db8::2]:5000"},
+		{"restart", "--app", "web", "--generation", "3", "--container", "w3=node-3.internal:5000"},
+		{"scale", "--app", "web", "--generation", "4"},
+		{"delete", "--app", "web", "--generation", "5"},
+	}
+	for _, args := range steps {
+		stdout, stderr, code := sluice(t, getenv, args...)
+		if code != 0 || !strings.Contains(stdout, "published "+args[0]) {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+	}
+	st, err := js.Stream(context.Background(), events.StreamName("eu-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[events.Aspect]uint64{events.AspectDomains: 1, events.AspectContainers: 4, events.AspectDelete: 5}
+	for aspect, gen := range want {
+		m, err := st.GetLastMsgForSubject(context.Background(), events.Subject("eu-1", "web", aspect))
+		if err != nil {
+			t.Fatalf("%s: %v", aspect, err)
+		}
+		ev, err := events.Decode(m.Subject, m.Data)
+		if err != nil || ev.Generation != gen {
+			t.Fatalf("%s: generation %d (%v), want %d", aspect, ev.Generation, err, gen)
+		}
+	}
+	// A stale generation is refused with the reason.
+	_, stderr, code := sluice(t, getenv, "scale", "--app", "web", "--generation", "3")
+	if code != 1 || !strings.Contains(stderr, "stale generation") {
+		t.Fatalf("stale: exit %d, stderr %q", code, stderr)
+	}
+	// Environment lists: SLUICE_CONTAINER is comma-separated.
+	env["SLUICE_CONTAINER"] = "a=10.0.0.1:80, b=10.0.0.2:80"
+	if _, stderr, code := sluice(t, getenv, "deploy", "--app", "env", "--generation", "1"); code != 0 {
+		t.Fatalf("deploy from env: exit %d, %s", code, stderr)
+	}
+}
+
+// TestServeEmbedded runs the single-binary router as an operator would and
+// drives it with the publishing commands.
+func TestServeEmbedded(t *testing.T) {
+	logR, logW := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	dir := t.TempDir()
+	go func() {
+		done <- run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, noEnv, io.Discard, logW)
+		logW.Close()
+	}()
+	// The log says where everything listens.
+	lines := bufio.NewScanner(logR)
+	var natsURL, httpAddr, adminAddr string
+	for httpAddr == "" && lines.Scan() {
+		var line map[string]any
+		if json.Unmarshal(lines.Bytes(), &line) != nil {
+			t.Fatalf("log line is not JSON: %s", lines.Text())
+		}
+		switch line["message"] {
+		case "embedded NATS started":
+			natsURL, _ = line["url"].(string)
+		case "router started":
+			httpAddr, _ = line["http"].(string)
+			adminAddr, _ = line["admin"].(string)
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, logR) }()
+	if natsURL == "" || httpAddr == "" {
+		t.Fatalf("no addresses in the log (nats %q, http %q)", natsURL, httpAddr)
+	}
+	c := testenv.StartContainer(t, "hello", "h1")
+	for _, args := range [][]string{
+		{"domains", "--nats", natsURL, "--app", "hello", "--domain", "hello.example.com"},
+		{"deploy", "--nats", natsURL, "--app", "hello", "--container", "h1=" + c.Address()},
+	} {
+		if _, stderr, code := sluice(t, noEnv, args...); code != 0 {
+			t.Fatalf("%v: %s", args, stderr)
+		}
+	}
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
+		req.Host = "hello.example.com"
+		resp, reply := testenv.Do(t, req)
+		if resp.StatusCode == http.StatusOK && reply.Container == "h1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never routed: last status %d", resp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + adminAddr + "/readyz")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve returned %v", err)
+	}
+}

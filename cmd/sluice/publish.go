@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-router/sluice/events"
+)
+
+const defaultRegion = "local"
+
+// publishFlags declares the flags of a publishing command and returns how it
+// runs.
+func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
+	return func(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
+		region := fs.String("region", defaultRegion, "region whose routers receive the event")
+		natsURL := fs.String("nats", nats.DefaultURL, "NATS URL, comma-separated for a cluster")
+		app := fs.String("app", "", "app name (required)")
+		gen := fs.Uint64("generation", 0, "the app's generation; must grow with each event of the app (default: the current time in microseconds)")
+		timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
+		var containers, domains listFlag
+		switch kind.Aspect() {
+		case events.AspectContainers:
+			fs.Var(&containers, "container", "ID=HOST:PORT of one container; repeat for each")
+		case events.AspectDomains:
+			fs.Var(&domains, "domain", "a domain of the app; repeat for each")
+		}
+		return func(ctx context.Context, stdout, _ io.Writer) error {
+			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains}
+			if ev.Generation == 0 {
+				ev.Generation = uint64(time.Now().UnixMicro())
+			}
+			if *app == "" {
+				return usagef("%s: --app is required", kind)
+			}
+			if kind == events.KindDomains && len(domains) == 0 {
+				return usagef("domains: give at least one --domain")
+			}
+			if (kind == events.KindDeploy || kind == events.KindRestart) && len(containers) == 0 {
+				return usagef("%s: give at least one --container (use scale for zero)", kind)
+			}
+			for _, c := range containers {
+				id, addr, ok := strings.Cut(c, "=")
+				if !ok {
+					return usagef("--container %q: want ID=HOST:PORT", c)
+				}
+				ev.Containers = append(ev.Containers, events.Container{ID: id, Address: addr})
+			}
+			if err := events.ValidateRegion(*region); err != nil {
+				return usageError{err}
+			}
+			if err := ev.Validate(); err != nil {
+				return usageError{err}
+			}
+			ctx, cancel := context.WithTimeout(ctx, *timeout)
+			defer cancel()
+			if err := publish(ctx, *natsURL, *region, *timeout, ev); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "published %s of app %s at generation %d to region %s\n", ev.Kind, ev.App, ev.Generation, *region)
+			return nil
+		}
+	}
+}
+
+func publish(ctx context.Context, url, region string, timeout time.Duration, ev events.Event) error {
+	nc, err := nats.Connect(url, nats.Name("sluice-cli"), nats.Timeout(min(timeout, 3*time.Second)), nats.NoReconnect())
+	if err != nil {
+		return fmt.Errorf("cannot reach NATS at %s: %w", url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	pub, err := events.NewPublisher(js, region)
+	if err != nil {
+		return err
+	}
+	err = pub.Publish(ctx, ev)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from NATS at %s within %s (is JetStream enabled?): %w", url, timeout, err)
+	}
+	return err
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/term"
+
+	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/routing"
+)
+
+// serveFlags declares the flags of sluice serve and returns how it runs.
+func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
+	var cfg routing.Config
+	fs.StringVar(&cfg.Region, "region", defaultRegion, "region whose events this router follows")
+	natsURL := fs.String("nats", "", "URL of an existing NATS, comma-separated for a cluster (default: run an embedded NATS)")
+	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS listens for publishers")
+	dataDir := fs.String("data-dir", "sluice-data", "where the embedded NATS keeps its JetStream store")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":80", "where plain HTTP is served")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9180", "where /healthz, /readyz and /routes are served")
+	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", 1, "replicas of the region's stream when this router creates it (3 in a NATS cluster)")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on connecting to a container")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on the wait for requests in flight at shutdown")
+	logFormat := fs.String("log-format", "auto", "json, console, or auto (console on a terminal)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	return func(ctx context.Context, _, stderr io.Writer) error {
+		logger, err := newLogger(*logFormat, *logLevel, stderr)
+		if err != nil {
+			return err
+		}
+		cfg.Logger = logger
+		nc, stopNATS, err := connect(*natsURL, *natsListen, *dataDir, logger)
+		if err != nil {
+			return err
+		}
+		defer stopNATS()
+		if *natsURL == "" {
+			// The embedded server is ours: create the region's stream
+			// before saying we run, so that publishers can start at once.
+			if err := ensureStream(ctx, nc, cfg.Region, cfg.StreamReplicas); err != nil {
+				return err
+			}
+		}
+		r, err := routing.NewRouter(nc, cfg)
+		if err != nil {
+			return usageError{err}
+		}
+		if err := r.Open(); err != nil {
+			return err
+		}
+		return r.Run(ctx)
+	}
+}
+
+// connect returns a connection to the region's NATS: the one at url, or an
+// embedded server started on listen with its store in dataDir. The returned
+// func closes the connection and stops the embedded server.
+func connect(url, listen, dataDir string, logger zerolog.Logger) (*nats.Conn, func(), error) {
+	log := logger.With().Str("component", "nats").Logger()
+	opts := []nats.Option{
+		nats.Name("sluice-router"),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: the router closed the connection itself
+				log.Warn().Err(err).Msg("disconnected from NATS; serving the last known routes")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
+		}),
+	}
+	if url != "" {
+		// A router starts even while NATS is down: it serves nothing until
+		// the region's state loads, and keeps retrying.
+		nc, err := nats.Connect(url, append(opts, nats.RetryOnFailedConnect(true))...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("NATS at %s: %w", url, err)
+		}
+		return nc, nc.Close, nil
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data directory: %w", err)
+	}
+	ns, err := events.StartServer(events.ServerConfig{Listen: listen, DataDir: dataDir, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info().Str("url", ns.ClientURL()).Str("data_dir", dataDir).Msg("embedded NATS started")
+	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		ns.Shutdown()
+		return nil, nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	return nc, func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}, nil
+}
+
+// newLogger returns the process logger: JSON lines, or human-readable
+// console output when asked or when w is a terminal.
+func newLogger(format, level string, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	case "auto":
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		}
+	default:
+		return zerolog.Logger{}, usagef("--log-format %q: want json, console or auto", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func ensureStream(ctx context.Context, nc *nats.Conn, region string, replicas int) error {
+	if err := events.ValidateRegion(region); err != nil {
+		return usageError{err}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = events.EnsureStream(ctx, js, region, replicas)
+	return err
+}

@@ -1,0 +1,179 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluice-router/sluice/events"
+)
+
+// Config configures a Router. Zero fields take the defaults documented on
+// them, applied by NewRouter.
+type Config struct {
+	// Region is the region whose events the router follows. Required.
+	Region string
+	// HTTPAddr is where plain HTTP is served. Empty means ":80".
+	HTTPAddr string
+	// AdminAddr is where /healthz, /readyz and /routes are served. Empty
+	// means "127.0.0.1:9180": loopback only.
+	AdminAddr string
+	// StreamReplicas is the number of copies of the region's stream, used
+	// when the router creates it. Zero means 1.
+	StreamReplicas int
+	// ConnectTimeout bounds the connection to a container. Zero means 5s.
+	ConnectTimeout time.Duration
+	// ReadHeaderTimeout bounds the time a client takes to send its request
+	// headers. Zero means 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a client's keep-alive connection idle that long.
+	// Zero means 120s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header block. Zero means 32 KiB.
+	MaxHeaderBytes int
+	// ShutdownTimeout bounds the wait for requests in flight when the
+	// router stops. Zero means 30s.
+	ShutdownTimeout time.Duration
+	// Transport reaches containers. Nil means NewTransport(ConnectTimeout).
+	Transport http.RoundTripper
+	// Logger receives the router's log and access log. The zero value logs
+	// nothing.
+	Logger zerolog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(p *time.Duration, v time.Duration) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":80"
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = "127.0.0.1:9180"
+	}
+	def(&c.ConnectTimeout, 5*time.Second)
+	def(&c.ReadHeaderTimeout, 10*time.Second)
+	def(&c.IdleTimeout, 120*time.Second)
+	def(&c.ShutdownTimeout, 30*time.Second)
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 32 << 10
+	}
+	if c.Transport == nil {
+		c.Transport = NewTransport(c.ConnectTimeout)
+	}
+}
+
+// Router is a whole sluice router: the event subscriber that keeps the
+// route table, the proxy that serves it, and the admin endpoints.
+type Router struct {
+	cfg     Config
+	table   *Table
+	events  *events.Subscriber
+	http    *http.Server
+	admin   *http.Server
+	httpLn  net.Listener
+	adminLn net.Listener
+}
+
+// NewRouter returns a router that follows the events of cfg.Region on nc.
+func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
+	if err := events.ValidateRegion(cfg.Region); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	table := NewTable(cfg.Logger.With().Str("component", "table").Logger())
+	sub := &events.Subscriber{
+		JetStream: js,
+		Region:    cfg.Region,
+		Handler:   table,
+		Replicas:  cfg.StreamReplicas,
+		Logger:    cfg.Logger.With().Str("component", "events").Logger(),
+	}
+	errLog := log.New(logWriter{cfg.Logger.With().Str("component", "http").Logger()}, "", 0)
+	r := &Router{cfg: cfg, table: table, events: sub}
+	r.http = &http.Server{
+		Handler:           NewProxy(table, cfg.Transport, cfg.Logger.With().Str("component", "proxy").Logger()),
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+	r.admin = &http.Server{
+		Handler: &Admin{
+			Table:  table,
+			Events: sub.Status,
+			NATS:   func() string { return nc.Status().String() },
+		},
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ErrorLog:          errLog,
+	}
+	return r, nil
+}
+
+// Table returns the router's route table.
+func (r *Router) Table() *Table { return r.table }
+
+// Ready reports whether the region's state has been loaded.
+func (r *Router) Ready() bool { return r.events.Status().Ready }
+
+// Open binds the listeners, so that an address in use is reported before
+// anything runs.
+func (r *Router) Open() error {
+	var err error
+	if r.httpLn, err = net.Listen("tcp", r.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("http listener: %w", err)
+	}
+	if r.adminLn, err = net.Listen("tcp", r.cfg.AdminAddr); err != nil {
+		r.httpLn.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	return nil
+}
+
+// HTTPAddr returns the address of the HTTP listener; valid after Open.
+func (r *Router) HTTPAddr() net.Addr { return r.httpLn.Addr() }
+
+// AdminAddr returns the address of the admin listener; valid after Open.
+func (r *Router) AdminAddr() net.Addr { return r.adminLn.Addr() }
+
+// Run serves until ctx is done, then stops accepting connections and waits
+// up to ShutdownTimeout for requests in flight. Call Open first.
+func (r *Router) Run(ctx context.Context) error {
+	if r.httpLn == nil {
+		return errors.New("routing: Run before Open")
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.events.Run(ctx) })
+	g.Go(func() error { return serve(r.http, r.httpLn) })
+	g.Go(func() error { return serve(r.admin, r.adminLn) })
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+		defer cancel()
+		return errors.Join(r.http.Shutdown(shutdownCtx), r.admin.Shutdown(shutdownCtx))
+	})
+	r.cfg.Logger.Info().Str("region", r.cfg.Region).Stringer("http", r.HTTPAddr()).Stringer("admin", r.AdminAddr()).Msg("router started")
+	return g.Wait()
+}
+
+func serve(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

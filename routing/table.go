@@ -1,0 +1,310 @@
+package routing
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/events"
+)
+
+// App is the routing state of one app in a Snapshot. It is immutable: an
+// event that changes the app publishes a new App.
+type App struct {
+	// Name is the app's name.
+	Name string `json:"name"`
+	// Generation is the highest generation applied to the app.
+	Generation uint64 `json:"generation"`
+	// Domains are the domains the app owns, sorted.
+	Domains []string `json:"domains"`
+	// Refused are the domains the app claims but another app owns.
+	Refused []string `json:"refused_domains,omitempty"`
+	// Containers are the app's containers; empty when it has none.
+	Containers []events.Container `json:"containers"`
+
+	// next is the round-robin cursor, shared by every version of the app
+	// so that a change of container set does not restart the rotation.
+	next *atomic.Uint64
+}
+
+// Pick returns the container the next request goes to, round-robin, or false
+// if the app has no container.
+func (a *App) Pick() (events.Container, bool) {
+	n := uint64(len(a.Containers))
+	if n == 0 {
+		return events.Container{}, false
+	}
+	return a.Containers[(a.next.Add(1)-1)%n], true
+}
+
+// Snapshot is one immutable version of the route table. Any number of
+// goroutines may read it without locking.
+type Snapshot struct {
+	version   uint64
+	hosts     hamt[*App] // exact domain → owner
+	wildcards hamt[*App] // "example.com" for the owner of "*.example.com"
+	apps      hamt[*App]
+	next      chan struct{} // closed when a newer Snapshot is published
+}
+
+// Version counts the snapshots published before this one.
+func (s *Snapshot) Version() uint64 { return s.version }
+
+// Changed returns a channel closed when a newer snapshot replaces this one.
+func (s *Snapshot) Changed() <-chan struct{} { return s.next }
+
+// Len reports the number of apps.
+func (s *Snapshot) Len() int { return s.apps.Len() }
+
+// App returns the app named name.
+func (s *Snapshot) App(name string) (*App, bool) { return s.apps.Get(name) }
+
+// Apps returns every app, sorted by name.
+func (s *Snapshot) Apps() []*App {
+	out := make([]*App, 0, s.apps.Len())
+	s.apps.Range(func(_ string, a *App) bool {
+		out = append(out, a)
+		return true
+	})
+	slices.SortFunc(out, func(a, b *App) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Lookup returns the app that owns host, a Host header value or a TLS server
+// name: case, a ":port" suffix and a trailing dot are ignored, and an exact
+// domain wins over a wildcard covering it.
+func (s *Snapshot) Lookup(host string) (*App, bool) {
+	name := normalizeHost(host)
+	if name == "" {
+		return nil, false
+	}
+	if a, ok := s.hosts.Get(name); ok {
+		return a, true
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		return s.wildcards.Get(name[i+1:])
+	}
+	return nil, false
+}
+
+// normalizeHost lowercases host and strips a port and a trailing dot. It
+// returns "" for an IP literal or an empty name. It allocates only when host
+// has upper-case letters.
+func normalizeHost(host string) string {
+	if strings.HasPrefix(host, "[") {
+		return "" // IPv6 literal: no app is named by address
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host = host[:i]
+	}
+	host = strings.TrimSuffix(host, ".")
+	return strings.ToLower(host)
+}
+
+// Table is the route table of a router: the current Snapshot, read by
+// request handlers through an atomic pointer without locking, and the state
+// the event consumer builds the next Snapshot from.
+type Table struct {
+	cur atomic.Pointer[Snapshot]
+	log zerolog.Logger
+
+	// mu serialises Apply; it guards the fields below, which only Apply
+	// reads. Request handlers never take it.
+	mu     sync.Mutex
+	states map[string]*appState
+	claims map[string][]string // domain → apps claiming it, owner first
+}
+
+// appState is what the table knows of an app: each aspect with the
+// generation that set it, and the highest generation of a delete.
+type appState struct {
+	containersGen uint64 // 0: no container set since the last delete
+	domainsGen    uint64 // 0: no domain set since the last delete
+	deletedGen    uint64
+	containers    []events.Container
+	domains       []string // claimed, owned or not
+	next          *atomic.Uint64
+}
+
+func (st *appState) alive() bool { return st.containersGen > 0 || st.domainsGen > 0 }
+
+func (st *appState) generation() uint64 {
+	return max(st.containersGen, st.domainsGen, st.deletedGen)
+}
+
+// NewTable returns an empty table that logs ignored and refused changes to
+// log.
+func NewTable(log zerolog.Logger) *Table {
+	t := &Table{log: log, states: map[string]*appState{}, claims: map[string][]string{}}
+	t.cur.Store(&Snapshot{next: make(chan struct{})})
+	return t
+}
+
+// Snapshot returns the current version of the table.
+func (t *Table) Snapshot() *Snapshot { return t.cur.Load() }
+
+// Apply applies a batch of events and publishes the result as one new
+// Snapshot, or none if nothing changed. An event whose generation is not
+// newer than the state it would replace is ignored, so events may be
+// applied twice or out of order. Apply costs O(changed domains and
+// containers × log apps): it never copies the whole table.
+func (t *Table) Apply(batch []events.Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dirty := map[string]bool{}
+	for _, ev := range batch {
+		t.apply(ev, dirty)
+	}
+	if len(dirty) == 0 {
+		return
+	}
+	old := t.cur.Load()
+	next := &Snapshot{
+		version:   old.version + 1,
+		hosts:     old.hosts,
+		wildcards: old.wildcards,
+		apps:      old.apps,
+		next:      make(chan struct{}),
+	}
+	// Ownership may move between two dirty apps: withdraw every old route
+	// before adding the new ones.
+	for name := range dirty {
+		if a, ok := old.apps.Get(name); ok {
+			for _, d := range a.Domains {
+				next.unroute(d, name)
+			}
+		}
+	}
+	for name := range dirty {
+		st := t.states[name]
+		if !st.alive() {
+			next.apps = next.apps.Delete(name)
+			continue
+		}
+		a := t.build(name, st)
+		next.apps = next.apps.Set(name, a)
+		for _, d := range a.Domains {
+			next.route(d, a)
+		}
+	}
+	t.cur.Store(next)
+	close(old.next)
+}
+
+func (s *Snapshot) route(domain string, a *App) {
+	if w, ok := strings.CutPrefix(domain, "*."); ok {
+		s.wildcards = s.wildcards.Set(w, a)
+	} else {
+		s.hosts = s.hosts.Set(domain, a)
+	}
+}
+
+func (s *Snapshot) unroute(domain, app string) {
+	m := &s.hosts
+	if w, ok := strings.CutPrefix(domain, "*."); ok {
+		m, domain = &s.wildcards, w
+	}
+	if cur, ok := m.Get(domain); ok && cur.Name == app {
+		*m = m.Delete(domain)
+	}
+}
+
+// build makes the App published for st.
+func (t *Table) build(name string, st *appState) *App {
+	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, next: st.next, Domains: []string{}}
+	for _, d := range st.domains {
+		if t.claims[d][0] == name {
+			a.Domains = append(a.Domains, d)
+		} else {
+			a.Refused = append(a.Refused, d)
+		}
+	}
+	slices.Sort(a.Domains)
+	slices.Sort(a.Refused)
+	return a
+}
+
+// apply records one event in the table's state and marks the apps whose
+// routes it changes.
+func (t *Table) apply(ev events.Event, dirty map[string]bool) {
+	st := t.states[ev.App]
+	if st == nil {
+		st = &appState{next: new(atomic.Uint64)}
+		t.states[ev.App] = st
+	}
+	switch ev.Kind.Aspect() {
+	case events.AspectContainers:
+		if ev.Generation <= st.containersGen || ev.Generation <= st.deletedGen {
+			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
+			return
+		}
+		st.containersGen, st.containers = ev.Generation, slices.Clone(ev.Containers)
+		dirty[ev.App] = true
+	case events.AspectDomains:
+		if ev.Generation <= st.domainsGen || ev.Generation <= st.deletedGen {
+			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
+			return
+		}
+		st.domainsGen = ev.Generation
+		t.claim(ev, st, ev.Domains, dirty)
+		dirty[ev.App] = true
+	case events.AspectDelete:
+		if ev.Generation <= st.deletedGen {
+			withEvent(t.log.Debug(), ev).Uint64("current", st.deletedGen).Msg("event ignored: already deleted at this generation")
+			return
+		}
+		// A delete removes what is older than it; an aspect set after it
+		// (a later re-creation) stays, whatever order events arrive in.
+		st.deletedGen = ev.Generation
+		if st.containersGen <= ev.Generation {
+			st.containersGen, st.containers = 0, nil
+		}
+		if st.domainsGen <= ev.Generation {
+			st.domainsGen = 0
+			t.claim(ev, st, nil, dirty)
+		}
+		dirty[ev.App] = true
+	}
+}
+
+// claim replaces the domains app claims. A domain goes to the first app that
+// claims it and stays with it; a later claim is refused and waits in line,
+// and takes over when the owner lets the domain go.
+func (t *Table) claim(ev events.Event, st *appState, domains []string, dirty map[string]bool) {
+	app := ev.App
+	for _, d := range st.domains {
+		if slices.Contains(domains, d) {
+			continue
+		}
+		line := t.claims[d]
+		i := slices.Index(line, app)
+		line = slices.Delete(slices.Clone(line), i, i+1)
+		if len(line) == 0 {
+			delete(t.claims, d)
+			continue
+		}
+		t.claims[d] = line
+		if i == 0 {
+			dirty[line[0]] = true
+			withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", line[0]).Msg("domain released to the next app claiming it")
+		}
+	}
+	for _, d := range domains {
+		if slices.Contains(st.domains, d) {
+			continue
+		}
+		t.claims[d] = append(t.claims[d], app)
+		if owner := t.claims[d][0]; owner != app {
+			withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", owner).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
+		}
+	}
+	st.domains = slices.Clone(domains)
+}
+
+// withEvent adds the fields that identify ev to a log event.
+func withEvent(e *zerolog.Event, ev events.Event) *zerolog.Event {
+	return e.Str("app", ev.App).Str("kind", string(ev.Kind)).Uint64("generation", ev.Generation)
+}

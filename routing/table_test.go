@@ -1,0 +1,255 @@
+package routing
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/events"
+)
+
+func cs(ids ...string) []events.Container {
+	out := make([]events.Container, len(ids))
+	for i, id := range ids {
+		out[i] = events.Container{ID: id, Address: fmt.Sprintf("10.0.0.%d:5000", i+1)}
+	}
+	return out
+}
+
+func deploy(app string, gen uint64, ids ...string) events.Event {
+	return events.Event{Kind: events.KindDeploy, App: app, Generation: gen, Containers: cs(ids...)}
+}
+
+func domains(app string, gen uint64, ds ...string) events.Event {
+	return events.Event{Kind: events.KindDomains, App: app, Generation: gen, Domains: ds}
+}
+
+func del(app string, gen uint64) events.Event {
+	return events.Event{Kind: events.KindDelete, App: app, Generation: gen}
+}
+
+// owner returns the app host routes to, or "".
+func owner(s *Snapshot, host string) string {
+	if a, ok := s.Lookup(host); ok {
+		return a.Name
+	}
+	return ""
+}
+
+func ids(a *App) []string {
+	var out []string
+	for _, c := range a.Containers {
+		out = append(out, c.ID)
+	}
+	return out
+}
+
+func TestLookupNormalisesHost(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	tb.Apply([]events.Event{
+		deploy("exact", 1, "a"), domains("exact", 2, "www.example.com"),
+		deploy("wild", 1, "b"), domains("wild", 2, "*.example.com"),
+	})
+	s := tb.Snapshot()
+	tests := []struct{ host, want string }{
+		{"www.example.com", "exact"},
+		{"WWW.Example.COM", "exact"},
+		{"www.example.com:8080", "exact"},
+		{"www.example.com.", "exact"},
+		{"www.example.com.:80", "exact"},
+		{"api.example.com", "wild"},
+		{"API.example.com:443", "wild"},
+		{"example.com", ""},       // a wildcard covers one label, not the apex
+		{"a.b.example.com", ""},   // ... nor two
+		{"www.example.org", ""},   // unknown
+		{"", ""},                  // no host
+		{"[::1]:80", ""},          // IP literal
+		{"127.0.0.1", ""},         // IP literal
+		{".", ""},                 // nothing
+		{"www.example.com..", ""}, // one trailing dot only
+	}
+	for _, tt := range tests {
+		if got := owner(s, tt.host); got != tt.want {
+			t.Errorf("Lookup(%q) = %q, want %q", tt.host, got, tt.want)
+		}
+	}
+}
+
+func TestApplyLifecycle(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	apply := func(evs ...events.Event) *Snapshot {
+		tb.Apply(evs)
+		return tb.Snapshot()
+	}
+	s := apply(deploy("web", 1, "a", "b"), domains("web", 2, "web.example.com"))
+	a, _ := s.Lookup("web.example.com")
+	if got, want := ids(a), []string{"a", "b"}; !slices.Equal(got, want) {
+		t.Fatalf("after deploy: containers %v, want %v", got, want)
+	}
+	if a.Generation != 2 {
+		t.Errorf("generation %d, want 2", a.Generation)
+	}
+
+	s = apply(events.Event{Kind: events.KindScale, App: "web", Generation: 3})
+	a, _ = s.Lookup("web.example.com")
+	if len(a.Containers) != 0 {
+		t.Fatalf("scaled to zero: still %v", ids(a))
+	}
+	if _, ok := a.Pick(); ok {
+		t.Fatalf("Pick on an app without containers succeeded")
+	}
+
+	s = apply(domains("web", 4, "new.example.com"))
+	if owner(s, "web.example.com") != "" || owner(s, "new.example.com") != "web" {
+		t.Fatalf("domains change not applied: old=%q new=%q", owner(s, "web.example.com"), owner(s, "new.example.com"))
+	}
+
+	s = apply(del("web", 5))
+	if owner(s, "new.example.com") != "" || s.Len() != 0 {
+		t.Fatalf("delete left routes: %v apps", s.Len())
+	}
+
+	// Older events after the delete change nothing; a newer deploy
+	// re-creates the app without its old domains.
+	v := s.Version()
+	s = apply(deploy("web", 4, "z"), domains("web", 5, "new.example.com"))
+	if s.Version() != v || s.Len() != 0 {
+		t.Fatalf("stale events after a delete were applied")
+	}
+	s = apply(deploy("web", 6, "c"))
+	if a, ok := s.App("web"); !ok || !slices.Equal(ids(a), []string{"c"}) || len(a.Domains) != 0 {
+		t.Fatalf("re-created app = %+v, %v", a, ok)
+	}
+}
+
+func TestApplyIgnoresStaleAndDuplicate(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	tb.Apply([]events.Event{deploy("web", 5, "new"), domains("web", 6, "web.example.com")})
+	before := tb.Snapshot()
+	tb.Apply([]events.Event{
+		deploy("web", 5, "dup"),                  // same generation
+		deploy("web", 3, "old"),                  // older
+		domains("web", 6, "other.example.com"),   // same generation
+		domains("web", 1, "ancient.example.com"), // older
+		del("web", 4),                            // older than both aspects
+		{Kind: events.KindRestart, App: "web", Generation: 2, Containers: cs("x")},
+	})
+	after := tb.Snapshot()
+	a, _ := after.App("web")
+	if !slices.Equal(ids(a), []string{"new"}) || !slices.Equal(a.Domains, []string{"web.example.com"}) {
+		t.Fatalf("stale events changed the app: %+v", a)
+	}
+	if got, want := dump(after), dump(before); got != want {
+		t.Fatalf("stale events changed the table:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestApplyOrderIndependent checks that the table is a function of the set of
+// events, not of their order, so that routers converge whatever order they
+// read the stream in.
+func TestApplyOrderIndependent(t *testing.T) {
+	evs := []events.Event{
+		deploy("a", 1, "a1"), domains("a", 2, "a.example.com"),
+		deploy("a", 3, "a2", "a3"), del("a", 4), deploy("a", 5, "a4"),
+		deploy("b", 1, "b1"), domains("b", 2, "b.example.com", "*.b.example.com"),
+		del("b", 3), deploy("c", 7, "c1"), domains("c", 8, "c.example.com"),
+	}
+	want := dump(applyAll(evs))
+	for i := range 50 {
+		perm := slices.Clone(evs)
+		// A deterministic shuffle per iteration.
+		for j := len(perm) - 1; j > 0; j-- {
+			k := (i*31 + j*17) % (j + 1)
+			perm[j], perm[k] = perm[k], perm[j]
+		}
+		if got := dump(applyAll(perm)); got != want {
+			t.Fatalf("order %d gave\n%s\nwant\n%s", i, got, want)
+		}
+	}
+}
+
+func applyAll(evs []events.Event) *Snapshot {
+	tb := NewTable(zerolog.Nop())
+	for _, ev := range evs {
+		tb.Apply([]events.Event{ev})
+	}
+	return tb.Snapshot()
+}
+
+func dump(s *Snapshot) string {
+	out := ""
+	for _, a := range s.Apps() {
+		out += fmt.Sprintf("%s gen=%d domains=%v containers=%v\n", a.Name, a.Generation, a.Domains, ids(a))
+	}
+	return out
+}
+
+func TestDomainConflict(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	tb.Apply([]events.Event{
+		deploy("first", 1, "f"), domains("first", 2, "shop.example.com", "first.example.com"),
+		deploy("second", 1, "s"), domains("second", 2, "shop.example.com", "second.example.com"),
+	})
+	s := tb.Snapshot()
+	if got := owner(s, "shop.example.com"); got != "first" {
+		t.Fatalf("shop.example.com owned by %q, want first: its owner keeps it", got)
+	}
+	if got := owner(s, "second.example.com"); got != "second" {
+		t.Fatalf("second's other domains not applied: owner %q", got)
+	}
+	second, _ := s.App("second")
+	if !slices.Equal(second.Refused, []string{"shop.example.com"}) {
+		t.Errorf("second.Refused = %v", second.Refused)
+	}
+	// The owner lets it go: the app waiting for it takes over.
+	tb.Apply([]events.Event{domains("first", 3, "first.example.com")})
+	if got := owner(tb.Snapshot(), "shop.example.com"); got != "second" {
+		t.Fatalf("after release, shop.example.com owned by %q, want second", got)
+	}
+	// Deleting the new owner frees it entirely.
+	tb.Apply([]events.Event{del("second", 3)})
+	if got := owner(tb.Snapshot(), "shop.example.com"); got != "" {
+		t.Fatalf("after delete, shop.example.com owned by %q", got)
+	}
+}
+
+func TestPickRoundRobinSurvivesUpdates(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	tb.Apply([]events.Event{deploy("web", 1, "a", "b", "c")})
+	a, _ := tb.Snapshot().App("web")
+	counts := map[string]int{}
+	for range 300 {
+		c, _ := a.Pick()
+		counts[c.ID]++
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if counts[id] != 100 {
+			t.Fatalf("round-robin counts %v, want 100 each", counts)
+		}
+	}
+	// Another app's update keeps web's App and cursor.
+	tb.Apply([]events.Event{deploy("other", 1, "o")})
+	if b, _ := tb.Snapshot().App("web"); b != a {
+		t.Fatalf("an unrelated event replaced web's App")
+	}
+}
+
+func TestSnapshotChangedClosesOnSwap(t *testing.T) {
+	tb := NewTable(zerolog.Nop())
+	s := tb.Snapshot()
+	tb.Apply([]events.Event{deploy("web", 2, "a")})
+	select {
+	case <-s.Changed():
+	default:
+		t.Fatal("Changed not closed after a swap")
+	}
+	s2 := tb.Snapshot()
+	tb.Apply([]events.Event{deploy("web", 1, "old")}) // stale: no swap
+	select {
+	case <-s2.Changed():
+		t.Fatal("Changed closed although nothing changed")
+	default:
+	}
+}

@@ -1,0 +1,306 @@
+// Package testenv is the test harness of sluice: an embedded NATS server
+// with JetStream on a random port and a temporary store, fake app containers
+// on 127.0.0.1 that say who they are, and routers wired to both. Every
+// helper takes a testing.TB and stops what it started in t.Cleanup.
+// Production code never imports testenv.
+package testenv
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/routing"
+)
+
+// Region is the region the helpers use unless told otherwise.
+const Region = "test-1"
+
+// Timeout bounds every wait of the helpers.
+const Timeout = 10 * time.Second
+
+// Logger returns a logger that writes to the test's log, or nothing unless
+// SLUICE_TEST_LOG is set, to keep test output short.
+func Logger(t testing.TB) zerolog.Logger {
+	if os.Getenv("SLUICE_TEST_LOG") == "" {
+		return zerolog.Nop()
+	}
+	return zerolog.New(zerolog.NewTestWriter(t)).With().Timestamp().Logger()
+}
+
+// NATS is an embedded NATS server with JetStream.
+type NATS struct {
+	Server *server.Server
+	// Dir is the JetStream store; a server restarted on it keeps the
+	// streams.
+	Dir string
+}
+
+// StartNATS starts a NATS server on a random loopback port with its store in
+// a temporary directory.
+func StartNATS(t testing.TB) *NATS {
+	t.Helper()
+	return StartNATSIn(t, t.TempDir())
+}
+
+// StartNATSIn starts a NATS server on a random loopback port with its store
+// in dir.
+func StartNATSIn(t testing.TB, dir string) *NATS {
+	t.Helper()
+	ns, err := events.StartServer(events.ServerConfig{Listen: "127.0.0.1:0", DataDir: dir, Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("start NATS: %v", err)
+	}
+	n := &NATS{Server: ns, Dir: dir}
+	t.Cleanup(n.Stop)
+	return n
+}
+
+// URL returns the URL clients connect to.
+func (n *NATS) URL() string { return n.Server.ClientURL() }
+
+// Stop shuts the server down and waits for it; it may be called twice.
+func (n *NATS) Stop() {
+	n.Server.Shutdown()
+	n.Server.WaitForShutdown()
+}
+
+// Connect returns a client connection, closed at cleanup.
+func (n *NATS) Connect(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect to NATS: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream returns a JetStream context on a new connection.
+func (n *NATS) JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(n.Connect(t))
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// Publisher returns a publisher for region, creating the region's stream
+// as a router would.
+func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
+	t.Helper()
+	js := n.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if _, err := events.EnsureStream(ctx, js, region, 1); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	p, err := events.NewPublisher(js, region)
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	return p
+}
+
+// Container is a fake app container: an HTTP server on 127.0.0.1 that
+// answers every request with a Reply naming its app and id.
+type Container struct {
+	App  string
+	ID   string
+	Port int
+	hits atomic.Int64
+	srv  *http.Server
+}
+
+// Reply is what a Container answers, as JSON.
+type Reply struct {
+	App       string      `json:"app"`
+	Container string      `json:"container"`
+	Host      string      `json:"host"`
+	Path      string      `json:"path"`
+	Header    http.Header `json:"header"`
+}
+
+// StartContainer starts a container of app on a free loopback port, as
+// the platform does with $PORT.
+func StartContainer(t testing.TB, app, id string) *Container {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("container listener: %v", err)
+	}
+	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port}
+	c.srv = &http.Server{Handler: http.HandlerFunc(c.serve), ReadHeaderTimeout: Timeout}
+	go func() { _ = c.srv.Serve(ln) }()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func (c *Container) serve(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header})
+}
+
+// Address returns the container's HOST:PORT, as events carry it.
+func (c *Container) Address() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)) }
+
+// Event returns the container as events carry it.
+func (c *Container) Event() events.Container { return events.Container{ID: c.ID, Address: c.Address()} }
+
+// Hits returns the number of requests the container has answered.
+func (c *Container) Hits() int64 { return c.hits.Load() }
+
+// Stop closes the container's listener and connections at once.
+func (c *Container) Stop() { _ = c.srv.Close() }
+
+// Containers returns the event form of cs.
+func Containers(cs ...*Container) []events.Container {
+	out := make([]events.Container, len(cs))
+	for i, c := range cs {
+		out[i] = c.Event()
+	}
+	return out
+}
+
+// Router is a router on loopback ports, following a region on a NATS.
+type Router struct {
+	*routing.Router
+	// URL is the base URL of the HTTP listener.
+	URL string
+	// AdminURL is the base URL of the admin listener.
+	AdminURL string
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// StartRouter starts a router of region on nc's NATS. It does not wait for
+// the region's state to load: see WaitReady.
+func StartRouter(t testing.TB, nc *nats.Conn, region string) *Router {
+	t.Helper()
+	rt, err := routing.NewRouter(nc, routing.Config{
+		Region:          region,
+		HTTPAddr:        "127.0.0.1:0",
+		AdminAddr:       "127.0.0.1:0",
+		ShutdownTimeout: Timeout,
+		Logger:          Logger(t),
+	})
+	if err != nil {
+		t.Fatalf("router: %v", err)
+	}
+	if err := rt.Open(); err != nil {
+		t.Fatalf("router: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Router{
+		Router:   rt,
+		URL:      "http://" + rt.HTTPAddr().String(),
+		AdminURL: "http://" + rt.AdminAddr().String(),
+		cancel:   cancel,
+		done:     make(chan error, 1),
+	}
+	go func() { r.done <- rt.Run(ctx) }()
+	t.Cleanup(func() { r.Stop(t) })
+	return r
+}
+
+// Stop stops the router and waits for it; it may be called twice.
+func (r *Router) Stop(t testing.TB) {
+	t.Helper()
+	r.cancel()
+	if err, ok := <-r.done; ok {
+		close(r.done)
+		if err != nil {
+			t.Errorf("router stopped with: %v", err)
+		}
+	}
+}
+
+// WaitReady waits until the router has loaded its region's state.
+func (r *Router) WaitReady(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !r.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("router not ready after %s", Timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WaitRoutes waits until cond holds for the router's route table, and
+// returns the snapshot it held for.
+func (r *Router) WaitRoutes(t testing.TB, what string, cond func(*routing.Snapshot) bool) *routing.Snapshot {
+	t.Helper()
+	timer := time.NewTimer(Timeout)
+	defer timer.Stop()
+	for {
+		s := r.Table().Snapshot()
+		if cond(s) {
+			return s
+		}
+		select {
+		case <-s.Changed():
+		case <-timer.C:
+			t.Fatalf("after %s, still waiting for the routes: %s", Timeout, what)
+		}
+	}
+}
+
+// Routed returns a condition that holds when host routes to app with exactly
+// the containers ids.
+func Routed(host, app string, ids ...string) func(*routing.Snapshot) bool {
+	return func(s *routing.Snapshot) bool {
+		a, ok := s.Lookup(host)
+		if !ok || a.Name != app || len(a.Containers) != len(ids) {
+			return false
+		}
+		for i, c := range a.Containers {
+			if c.ID != ids[i] {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// Get sends GET path to the router with the Host header host.
+func (r *Router) Get(t testing.TB, host, path string) (*http.Response, Reply) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, r.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	return Do(t, req)
+}
+
+// Do sends req and decodes a container's Reply if the response has one.
+func Do(t testing.TB, req *http.Request) (*http.Response, Reply) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	var reply Reply
+	if resp.Header.Get("Content-Type") == "application/json" && resp.Header.Get(routing.ErrorHeader) == "" {
+		if err := json.NewDecoder(resp.Body).Decode(&reply); err != nil {
+			t.Fatalf("decode the container's reply: %v", err)
+		}
+	}
+	return resp, reply
+}
