@@ -3,6 +3,7 @@ package routing
 import (
 	"hash/maphash"
 	"math/bits"
+	"unsafe"
 )
 
 // hashSeed keys every hamt of the process. Tables live in memory only, so a
@@ -18,21 +19,42 @@ func hashKey(key string) uint64 { return maphash.String(hashSeed, key) }
 // map. A hamt is safe to share between goroutines, because no slot array is
 // modified after the update that built it returns.
 type hamt[V any] struct {
-	root hslot[V]
-	size int
+	bitmap uint64
+	root   []hslot[V]
+	size   int
 }
 
-// hslot is either an inner node (sub != nil: the present slots of the next
-// level, in bit order, with bitmap telling which of the 64 are present) or an
-// entry. Keeping a node's bitmap and slice header in its parent's slot makes
-// a lookup touch one array per level. Below the last level (shift >= 64) sub
-// is a collision list of entries with equal hashes, bitmap unused.
+// hslot is either an inner node or an entry. A node (sub != nil) holds in
+// bits the bitmap of which of the 64 slots of the next level are present,
+// and in sub their first element: the array has popcount(bits) slots, in
+// bit order. Keeping a node's bitmap and array in its parent's slot makes a
+// lookup touch one array per level, and a slot 40 bytes (for a pointer V)
+// keeps the arrays an update copies small. Below the last level (shift >=
+// 64) a node is a collision list: bits holds its length. An entry (sub ==
+// nil) holds its key's hash in bits.
 type hslot[V any] struct {
-	bitmap uint64
-	sub    []hslot[V]
-	hash   uint64
-	key    string
-	val    V
+	bits uint64
+	sub  *hslot[V]
+	key  string
+	val  V
+}
+
+// node returns the bitmap and slots of the node s.
+func (s *hslot[V]) node() (uint64, []hslot[V]) {
+	return s.bits, unsafe.Slice(s.sub, bits.OnesCount64(s.bits))
+}
+
+// collision returns the entries of the collision list s.
+func (s *hslot[V]) collision() []hslot[V] { return unsafe.Slice(s.sub, s.bits) }
+
+// mkNode returns the slot of a node with bitmap and slots.
+func mkNode[V any](bitmap uint64, slots []hslot[V]) hslot[V] {
+	return hslot[V]{bits: bitmap, sub: unsafe.SliceData(slots)}
+}
+
+// mkCollision returns the slot of a collision list.
+func mkCollision[V any](entries []hslot[V]) hslot[V] {
+	return hslot[V]{bits: uint64(len(entries)), sub: unsafe.SliceData(entries)}
 }
 
 const hamtBits = 6
@@ -48,27 +70,28 @@ func (m hamt[V]) Len() int { return m.size }
 func (m hamt[V]) Get(key string) (V, bool) { return m.get(key, hashKey(key)) }
 
 func (m hamt[V]) get(key string, hash uint64) (V, bool) {
-	bitmap, sub := m.root.bitmap, m.root.sub
-	for shift := uint(0); shift < 64; shift += hamtBits {
+	bitmap, sub := m.bitmap, m.root
+	for shift := uint(0); ; shift += hamtBits {
 		bit := slotBit(hash, shift)
 		if bitmap&bit == 0 {
-			var zero V
-			return zero, false
+			break
 		}
 		s := &sub[index(bitmap, bit)]
 		if s.sub == nil {
-			if s.hash == hash && s.key == key {
+			if s.bits == hash && s.key == key {
 				return s.val, true
 			}
-			var zero V
-			return zero, false
+			break
 		}
-		bitmap, sub = s.bitmap, s.sub
-	}
-	for i := range sub {
-		if sub[i].key == key {
-			return sub[i].val, true
+		if shift+hamtBits >= 64 {
+			for _, e := range s.collision() {
+				if e.key == key {
+					return e.val, true
+				}
+			}
+			break
 		}
+		bitmap, sub = s.node()
 	}
 	var zero V
 	return zero, false
@@ -78,127 +101,155 @@ func (m hamt[V]) get(key string, hash uint64) (V, bool) {
 func (m hamt[V]) Set(key string, val V) hamt[V] { return m.set(key, hashKey(key), val) }
 
 func (m hamt[V]) set(key string, hash uint64, val V) hamt[V] {
-	bitmap, sub, added := setIn(m.root.bitmap, m.root.sub, hslot[V]{hash: hash, key: key, val: val}, 0)
+	bitmap, root, added := setIn(m.bitmap, m.root, hslot[V]{bits: hash, key: key, val: val}, 0)
 	size := m.size
 	if added {
 		size++
 	}
-	return hamt[V]{root: hslot[V]{bitmap: bitmap, sub: sub}, size: size}
+	return hamt[V]{bitmap: bitmap, root: root, size: size}
 }
 
-func setIn[V any](bitmap uint64, sub []hslot[V], e hslot[V], shift uint) (uint64, []hslot[V], bool) {
-	if shift >= 64 {
-		for i := range sub {
-			if sub[i].key == e.key {
-				c := clone(sub)
-				c[i] = e
-				return 0, c, false
-			}
-		}
-		return 0, insert(sub, len(sub), e), true
-	}
-	bit := slotBit(e.hash, shift)
+// setIn returns the node (bitmap, slots) at level shift with entry e set.
+func setIn[V any](bitmap uint64, slots []hslot[V], e hslot[V], shift uint) (uint64, []hslot[V], bool) {
+	bit := slotBit(e.bits, shift)
 	i := index(bitmap, bit)
 	if bitmap&bit == 0 {
-		return bitmap | bit, insert(sub, i, e), true
+		return bitmap | bit, insert(slots, i, e), true
 	}
-	s, c := sub[i], clone(sub)
+	s, c := slots[i], clone(slots)
+	added := true
 	switch {
+	case s.sub != nil && shift+hamtBits >= 64:
+		list := s.collision()
+		j := len(list)
+		for k := range list {
+			if list[k].key == e.key {
+				j, added = k, false
+			}
+		}
+		if added {
+			list = insert(list, j, e)
+		} else {
+			list = clone(list)
+			list[j] = e
+		}
+		c[i] = mkCollision(list)
 	case s.sub != nil:
-		nb, ns, added := setIn(s.bitmap, s.sub, e, shift+hamtBits)
-		c[i] = hslot[V]{bitmap: nb, sub: ns}
-		return bitmap, c, added
-	case s.hash == e.hash && s.key == e.key:
-		c[i] = e
-		return bitmap, c, false
+		nb, ns := s.node()
+		nb, ns, added = setIn(nb, ns, e, shift+hamtBits)
+		c[i] = mkNode(nb, ns)
+	case s.bits == e.bits && s.key == e.key:
+		c[i], added = e, false
 	default:
 		// Two keys share this slot: push both one level down.
-		nb, ns := pairOf(s, e, shift+hamtBits)
-		c[i] = hslot[V]{bitmap: nb, sub: ns}
-		return bitmap, c, true
+		c[i] = pairOf(s, e, shift+hamtBits)
 	}
+	return bitmap, c, added
 }
 
-// pairOf builds the node that holds two entries whose hashes agree up to shift.
-func pairOf[V any](a, b hslot[V], shift uint) (uint64, []hslot[V]) {
+// pairOf returns the slot of a node at level shift holding two entries whose
+// hashes agree on the levels above.
+func pairOf[V any](a, b hslot[V], shift uint) hslot[V] {
 	if shift >= 64 {
-		return 0, []hslot[V]{a, b}
+		return mkCollision([]hslot[V]{a, b})
 	}
-	ba, bb := slotBit(a.hash, shift), slotBit(b.hash, shift)
+	ba, bb := slotBit(a.bits, shift), slotBit(b.bits, shift)
 	if ba == bb {
-		nb, ns := pairOf(a, b, shift+hamtBits)
-		return ba, []hslot[V]{{bitmap: nb, sub: ns}}
+		return mkNode(ba, []hslot[V]{pairOf(a, b, shift+hamtBits)})
 	}
 	if ba > bb {
 		a, b = b, a
 	}
-	return ba | bb, []hslot[V]{a, b}
+	return mkNode(ba|bb, []hslot[V]{a, b})
 }
 
 // Delete returns a map without key.
 func (m hamt[V]) Delete(key string) hamt[V] { return m.delete(key, hashKey(key)) }
 
 func (m hamt[V]) delete(key string, hash uint64) hamt[V] {
-	bitmap, sub, removed := deleteIn(m.root.bitmap, m.root.sub, key, hash, 0)
+	bitmap, root, removed := deleteIn(m.bitmap, m.root, key, hash, 0)
 	if !removed {
 		return m
 	}
-	return hamt[V]{root: hslot[V]{bitmap: bitmap, sub: sub}, size: m.size - 1}
+	return hamt[V]{bitmap: bitmap, root: root, size: m.size - 1}
 }
 
-func deleteIn[V any](bitmap uint64, sub []hslot[V], key string, hash uint64, shift uint) (uint64, []hslot[V], bool) {
-	if shift >= 64 {
-		for i := range sub {
-			if sub[i].key == key {
-				return 0, remove(sub, i), true
-			}
-		}
-		return bitmap, sub, false
-	}
+// deleteIn returns the node (bitmap, slots) at level shift without key.
+func deleteIn[V any](bitmap uint64, slots []hslot[V], key string, hash uint64, shift uint) (uint64, []hslot[V], bool) {
 	bit := slotBit(hash, shift)
 	if bitmap&bit == 0 {
-		return bitmap, sub, false
+		return bitmap, slots, false
 	}
 	i := index(bitmap, bit)
-	s := sub[i]
-	if s.sub == nil {
-		if s.hash != hash || s.key != key {
-			return bitmap, sub, false
-		}
-		return bitmap &^ bit, remove(sub, i), true
-	}
-	nb, ns, removed := deleteIn(s.bitmap, s.sub, key, hash, shift+hamtBits)
+	s := slots[i]
+	var repl hslot[V] // what replaces s, if anything remains of it
 	switch {
-	case !removed:
-		return bitmap, sub, false
-	case len(ns) == 0:
-		return bitmap &^ bit, remove(sub, i), true
+	case s.sub == nil:
+		if s.bits != hash || s.key != key {
+			return bitmap, slots, false
+		}
+		return bitmap &^ bit, remove(slots, i), true
+	case shift+hamtBits >= 64:
+		list := s.collision()
+		j := -1
+		for k := range list {
+			if list[k].key == key {
+				j = k
+			}
+		}
+		if j < 0 {
+			return bitmap, slots, false
+		}
+		repl = mkCollision(remove(list, j))
+		if len(list) == 2 {
+			repl = list[1-j]
+		}
+	default:
+		nb, ns := s.node()
+		nb, ns, removed := deleteIn(nb, ns, key, hash, shift+hamtBits)
+		switch {
+		case !removed:
+			return bitmap, slots, false
+		case len(ns) == 0:
+			return bitmap &^ bit, remove(slots, i), true
+		case len(ns) == 1 && ns[0].sub == nil:
+			// Keep the trie canonical: a node left with one
+			// entry is replaced by that entry.
+			repl = ns[0]
+		default:
+			repl = mkNode(nb, ns)
+		}
 	}
-	c := clone(sub)
-	if len(ns) == 1 && ns[0].sub == nil {
-		// Keep the trie canonical: a node left with one entry is
-		// replaced by that entry.
-		c[i] = ns[0]
-	} else {
-		c[i] = hslot[V]{bitmap: nb, sub: ns}
-	}
+	c := clone(slots)
+	c[i] = repl
 	return bitmap, c, true
 }
 
 // Range calls f for every key and value, in no particular order, until f
 // returns false.
 func (m hamt[V]) Range(f func(key string, val V) bool) {
-	rangeIn(m.root.sub, f)
+	rangeIn(m.root, 0, f)
 }
 
-func rangeIn[V any](sub []hslot[V], f func(string, V) bool) bool {
-	for i := range sub {
-		if sub[i].sub != nil {
-			if !rangeIn(sub[i].sub, f) {
+func rangeIn[V any](slots []hslot[V], shift uint, f func(string, V) bool) bool {
+	for i := range slots {
+		s := &slots[i]
+		switch {
+		case s.sub == nil:
+			if !f(s.key, s.val) {
 				return false
 			}
-		} else if !f(sub[i].key, sub[i].val) {
-			return false
+		case shift+hamtBits >= 64:
+			for _, e := range s.collision() {
+				if !f(e.key, e.val) {
+					return false
+				}
+			}
+		default:
+			_, sub := s.node()
+			if !rangeIn(sub, shift+hamtBits, f) {
+				return false
+			}
 		}
 	}
 	return true

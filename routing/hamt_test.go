@@ -79,7 +79,7 @@ func TestHAMTMatchesMap(t *testing.T) {
 
 func TestHAMTDeleteMissingKeepsMap(t *testing.T) {
 	m := hamt[int]{}.Set("a", 1)
-	if got := m.Delete("b"); &got.root.sub[0] != &m.root.sub[0] || got.Len() != 1 {
+	if got := m.Delete("b"); &got.root[0] != &m.root[0] || got.Len() != 1 {
 		t.Fatalf("Delete of a missing key changed the map")
 	}
 	var empty hamt[int]

@@ -25,9 +25,17 @@ type App struct {
 	// Containers are the app's containers; empty when it has none.
 	Containers []events.Container `json:"containers"`
 
-	// next is the round-robin cursor, shared by every version of the app
-	// so that a change of container set does not restart the rotation.
-	next *atomic.Uint64
+	ref *appRef
+}
+
+// appRef is the one place that holds the current App of an app: the
+// snapshots' maps point to it, and an event that changes only the app's
+// containers swaps the App it holds, with no copy in any map. It also keeps
+// the round-robin cursor, so that a new container set does not restart the
+// rotation.
+type appRef struct {
+	app  atomic.Pointer[App] // nil while the app is deleted
+	next atomic.Uint64
 }
 
 // Pick returns the container the next request goes to, round-robin, or false
@@ -37,16 +45,20 @@ func (a *App) Pick() (events.Container, bool) {
 	if n == 0 {
 		return events.Container{}, false
 	}
-	return a.Containers[(a.next.Add(1)-1)%n], true
+	return a.Containers[(a.ref.next.Add(1)-1)%n], true
 }
 
 // Snapshot is one immutable version of the route table. Any number of
 // goroutines may read it without locking.
+//
+// A Snapshot maps names to apps; the App of each is swapped in place when an
+// event changes only its containers, so a Snapshot always shows the current
+// containers of the apps it routes to.
 type Snapshot struct {
 	version   uint64
-	hosts     hamt[*App] // exact domain → owner
-	wildcards hamt[*App] // "example.com" for the owner of "*.example.com"
-	apps      hamt[*App]
+	hosts     hamt[*appRef] // exact domain → owner
+	wildcards hamt[*appRef] // "example.com" for the owner of "*.example.com"
+	apps      hamt[*appRef]
 	next      chan struct{} // closed when a newer Snapshot is published
 }
 
@@ -60,13 +72,23 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.next }
 func (s *Snapshot) Len() int { return s.apps.Len() }
 
 // App returns the app named name.
-func (s *Snapshot) App(name string) (*App, bool) { return s.apps.Get(name) }
+func (s *Snapshot) App(name string) (*App, bool) { return load(s.apps.Get(name)) }
+
+func load(ref *appRef, ok bool) (*App, bool) {
+	if !ok {
+		return nil, false
+	}
+	a := ref.app.Load()
+	return a, a != nil
+}
 
 // Apps returns every app, sorted by name.
 func (s *Snapshot) Apps() []*App {
 	out := make([]*App, 0, s.apps.Len())
-	s.apps.Range(func(_ string, a *App) bool {
-		out = append(out, a)
+	s.apps.Range(func(_ string, ref *appRef) bool {
+		if a := ref.app.Load(); a != nil {
+			out = append(out, a)
+		}
 		return true
 	})
 	slices.SortFunc(out, func(a, b *App) int { return strings.Compare(a.Name, b.Name) })
@@ -81,11 +103,11 @@ func (s *Snapshot) Lookup(host string) (*App, bool) {
 	if name == "" {
 		return nil, false
 	}
-	if a, ok := s.hosts.Get(name); ok {
-		return a, true
+	if ref, ok := s.hosts.Get(name); ok {
+		return load(ref, ok)
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
-		return s.wildcards.Get(name[i+1:])
+		return load(s.wildcards.Get(name[i+1:]))
 	}
 	return nil, false
 }
@@ -126,7 +148,7 @@ type appState struct {
 	deletedGen    uint64
 	containers    []events.Container
 	domains       []string // claimed, owned or not
-	next          *atomic.Uint64
+	ref           *appRef
 }
 
 func (st *appState) alive() bool { return st.containersGen > 0 || st.domainsGen > 0 }
@@ -169,52 +191,68 @@ func (t *Table) Apply(batch []events.Event) {
 		apps:      old.apps,
 		next:      make(chan struct{}),
 	}
-	// Ownership may move between two dirty apps: withdraw every old route
-	// before adding the new ones.
+	// Only the domains that change owner touch the maps. Ownership may move
+	// between two dirty apps: withdraw the old routes before adding new ones.
+	built := make(map[string]*App, len(dirty))
 	for name := range dirty {
-		if a, ok := old.apps.Get(name); ok {
-			for _, d := range a.Domains {
-				next.unroute(d, name)
+		st := t.states[name]
+		var a *App
+		if st.alive() {
+			a = t.build(name, st)
+		}
+		built[name] = a
+		if prev := st.ref.app.Load(); prev != nil {
+			for _, d := range prev.Domains {
+				if a == nil || !slices.Contains(a.Domains, d) {
+					next.unroute(d, st.ref)
+				}
 			}
 		}
 	}
-	for name := range dirty {
+	for name, a := range built {
 		st := t.states[name]
-		if !st.alive() {
+		prev := st.ref.app.Load()
+		switch {
+		case a == nil && prev != nil:
 			next.apps = next.apps.Delete(name)
-			continue
+		case a != nil && prev == nil:
+			next.apps = next.apps.Set(name, st.ref)
 		}
-		a := t.build(name, st)
-		next.apps = next.apps.Set(name, a)
-		for _, d := range a.Domains {
-			next.route(d, a)
+		if a != nil {
+			for _, d := range a.Domains {
+				if prev == nil || !slices.Contains(prev.Domains, d) {
+					next.route(d, st.ref)
+				}
+			}
 		}
+		st.ref.app.Store(a)
 	}
 	t.cur.Store(next)
 	close(old.next)
 }
 
-func (s *Snapshot) route(domain string, a *App) {
+func (s *Snapshot) route(domain string, ref *appRef) {
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		s.wildcards = s.wildcards.Set(w, a)
+		s.wildcards = s.wildcards.Set(w, ref)
 	} else {
-		s.hosts = s.hosts.Set(domain, a)
+		s.hosts = s.hosts.Set(domain, ref)
 	}
 }
 
-func (s *Snapshot) unroute(domain, app string) {
+// unroute removes domain unless another app has taken it already.
+func (s *Snapshot) unroute(domain string, ref *appRef) {
 	m := &s.hosts
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
 		m, domain = &s.wildcards, w
 	}
-	if cur, ok := m.Get(domain); ok && cur.Name == app {
+	if cur, ok := m.Get(domain); ok && cur == ref {
 		*m = m.Delete(domain)
 	}
 }
 
 // build makes the App published for st.
 func (t *Table) build(name string, st *appState) *App {
-	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, next: st.next, Domains: []string{}}
+	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, ref: st.ref, Domains: []string{}}
 	for _, d := range st.domains {
 		if t.claims[d][0] == name {
 			a.Domains = append(a.Domains, d)
@@ -232,7 +270,7 @@ func (t *Table) build(name string, st *appState) *App {
 func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 	st := t.states[ev.App]
 	if st == nil {
-		st = &appState{next: new(atomic.Uint64)}
+		st = &appState{ref: new(appRef)}
 		t.states[ev.App] = st
 	}
 	switch ev.Kind.Aspect() {
