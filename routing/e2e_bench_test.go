@@ -63,7 +63,7 @@ func BenchmarkPublishToRoutable(b *testing.B) {
 // BenchmarkProxy measures requests per second over keep-alive connections
 // through the router, and straight to the container, side by side.
 func BenchmarkProxy(b *testing.B) {
-	_, r, pub := setupB(b)
+	_, r, pub := setup(b)
 	c := testenv.StartContainer(b, "bench", "b1")
 	ctx := context.Background()
 	if err := pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}); err != nil {
@@ -97,11 +97,4 @@ func BenchmarkProxy(b *testing.B) {
 			})
 		})
 	}
-}
-
-func setupB(b *testing.B) (*testenv.NATS, *testenv.Router, *events.Publisher) {
-	n := testenv.StartNATS(b)
-	r := testenv.StartRouter(b, n.Connect(b), region)
-	r.WaitReady(b)
-	return n, r, n.Publisher(b, region)
 }

@@ -28,7 +28,7 @@ func ctx(t *testing.T) context.Context {
 }
 
 // setup starts NATS and a ready router, and returns a publisher.
-func setup(t *testing.T) (*testenv.NATS, *testenv.Router, *events.Publisher) {
+func setup(t testing.TB) (*testenv.NATS, *testenv.Router, *events.Publisher) {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	r := testenv.StartRouter(t, n.Connect(t), region)

@@ -48,12 +48,11 @@ func (a *App) Pick() (events.Container, bool) {
 	return a.Containers[(a.ref.next.Add(1)-1)%n], true
 }
 
-// Snapshot is one immutable version of the route table. Any number of
-// goroutines may read it without locking.
-//
-// A Snapshot maps names to apps; the App of each is swapped in place when an
-// event changes only its containers, so a Snapshot always shows the current
-// containers of the apps it routes to.
+// Snapshot is one version of the route table's maps (which domains and names
+// lead to which apps); its maps never change once published. The apps they
+// lead to are read through per-app pointers that an event swaps in place, so a
+// Snapshot always shows the current state of the apps it routes to. Any
+// number of goroutines may read it without locking.
 type Snapshot struct {
 	version   uint64
 	hosts     hamt[*appRef] // exact domain → owner

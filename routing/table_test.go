@@ -215,6 +215,28 @@ func TestDomainConflict(t *testing.T) {
 	}
 }
 
+// TestDomainMovesWithinOneBatch checks the control plane's way of moving a
+// domain: release by one app and claim by another, applied together.
+func TestDomainMovesWithinOneBatch(t *testing.T) {
+	for name, batch := range map[string][]events.Event{
+		"release first": {domains("old", 3, "old.example.com"), domains("new", 2, "shop.example.com")},
+		"claim first":   {domains("new", 2, "shop.example.com"), domains("old", 3, "old.example.com")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tb := NewTable(zerolog.Nop())
+			tb.Apply([]events.Event{deploy("old", 1, "o"), domains("old", 2, "shop.example.com", "old.example.com"), deploy("new", 1, "n")})
+			tb.Apply(batch)
+			s := tb.Snapshot()
+			if got := owner(s, "shop.example.com"); got != "new" {
+				t.Fatalf("shop.example.com owned by %q, want new", got)
+			}
+			if got := owner(s, "old.example.com"); got != "old" {
+				t.Fatalf("old.example.com owned by %q, want old", got)
+			}
+		})
+	}
+}
+
 func TestPickRoundRobinSurvivesUpdates(t *testing.T) {
 	tb := NewTable(zerolog.Nop())
 	tb.Apply([]events.Event{deploy("web", 1, "a", "b", "c")})
