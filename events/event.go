@@ -89,6 +89,10 @@ type Event struct {
 	Generation uint64
 	Containers []Container
 	Domains    []string
+	// Rate and Burst are the app's bandwidth allowance per container and
+	// per direction, in bytes per second and bytes, on container events
+	// only; zero means the router's default.
+	Rate, Burst int64
 }
 
 // wire is the JSON form. Pointers tell an absent field from an empty one:
@@ -101,6 +105,8 @@ type wire struct {
 	Generation *uint64      `json:"generation"`
 	Containers *[]Container `json:"containers,omitempty"`
 	Domains    *[]string    `json:"domains,omitempty"`
+	Rate       int64        `json:"rate,omitempty"`
+	Burst      int64        `json:"burst,omitempty"`
 }
 
 // Encode validates ev and returns its JSON form.
@@ -117,6 +123,7 @@ func Encode(ev Event) ([]byte, error) {
 			cs = []Container{}
 		}
 		w.Containers = &cs
+		w.Rate, w.Burst = ev.Rate, ev.Burst
 	case AspectDomains:
 		ds := ev.Domains
 		if ds == nil {
@@ -168,7 +175,7 @@ func decodePayload(data []byte) (Event, error) {
 	case w.Generation == nil:
 		return Event{}, fmt.Errorf("%w: no generation", ErrInvalid)
 	}
-	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation}
+	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst}
 	aspect := w.Kind.Aspect()
 	switch {
 	case aspect == AspectContainers && w.Containers == nil:
@@ -202,9 +209,31 @@ func (ev Event) Validate() error {
 	}
 	switch ev.Kind.Aspect() {
 	case AspectContainers:
+		if err := validateAllowance(ev.Rate, ev.Burst); err != nil {
+			return err
+		}
 		return validateContainers(ev.Containers)
+	}
+	if ev.Rate != 0 || ev.Burst != 0 {
+		return fmt.Errorf("%w: %s event with a rate or burst (container events only)", ErrInvalid, ev.Kind)
+	}
+	switch ev.Kind.Aspect() {
 	case AspectDomains:
 		return validateDomains(ev.Domains)
+	}
+	return nil
+}
+
+// MaxBandwidth bounds a rate (bytes per second) or a burst (bytes), so that
+// it travels exactly in JSON.
+const MaxBandwidth = 1<<53 - 1
+
+func validateAllowance(rate, burst int64) error {
+	switch {
+	case rate < 0 || rate > MaxBandwidth:
+		return fmt.Errorf("%w: rate %d out of range 1..%d bytes per second (0: the router's default)", ErrInvalid, rate, int64(MaxBandwidth))
+	case burst < 0 || burst > MaxBandwidth:
+		return fmt.Errorf("%w: burst %d out of range 1..%d bytes (0: the router's default)", ErrInvalid, burst, int64(MaxBandwidth))
 	}
 	return nil
 }

@@ -10,7 +10,7 @@ import (
 func TestEncodeDecodeRoundTrip(t *testing.T) {
 	evs := []Event{
 		{Kind: KindDeploy, App: "my-app", Generation: 42, Containers: []Container{{ID: "web-1", Address: "10.0.0.1:31000"}, {ID: "web-2", Address: "[2001:db8::1]:31001"}, {ID: "web-3", Address: "node-3.internal:8080"}}},
-		{Kind: KindRestart, App: "my-app", Generation: 43, Containers: []Container{{ID: "web-4", Address: "10.0.0.2:31000"}}},
+		{Kind: KindRestart, App: "my-app", Generation: 43, Containers: []Container{{ID: "web-4", Address: "10.0.0.2:31000"}}, Rate: 40_000_000, Burst: 3_200_000_000},
 		{Kind: KindScale, App: "my-app", Generation: 44, Containers: []Container{}},
 		{Kind: KindDomains, App: "my-app", Generation: 45, Domains: []string{"my-app.osc-fr1.example.com", "*.example.org", "xn--caf-dma.example.com"}},
 		{Kind: KindDelete, App: "my-app", Generation: MaxGeneration},
@@ -26,7 +26,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				t.Fatalf("Decode(%s): %v", data, err)
 			}
 			if got.Kind != ev.Kind || got.App != ev.App || got.Generation != ev.Generation ||
-				!slices.Equal(got.Containers, ev.Containers) || !slices.Equal(got.Domains, ev.Domains) {
+				!slices.Equal(got.Containers, ev.Containers) || !slices.Equal(got.Domains, ev.Domains) ||
+				got.Rate != ev.Rate || got.Burst != ev.Burst {
 				t.Fatalf("round trip: got %+v, want %+v", got, ev)
 			}
 		})
@@ -82,6 +83,9 @@ func TestValidateRejects(t *testing.T) {
 		{"trailing dot", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"example.com."}}, "lowercase"},
 		{"numeric TLD", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"10.0.0.1"}}, "lowercase"},
 		{"label too long", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{strings.Repeat("a", 64) + ".com"}}, "lowercase"},
+		{"negative rate", Event{Kind: KindDeploy, App: "a", Generation: 1, Rate: -1}, "rate"},
+		{"huge burst", Event{Kind: KindScale, App: "a", Generation: 1, Burst: MaxBandwidth + 1}, "burst"},
+		{"rate on domains", Event{Kind: KindDomains, App: "a", Generation: 1, Rate: 1000}, "container events only"},
 		{"dup domain", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com", "a.com"}}, "twice"},
 	}
 	for _, tt := range tests {

@@ -32,6 +32,12 @@ func RegionSubjects(region string) string {
 	return SubjectPrefix + "." + region + ".app.*.*"
 }
 
+// RoutersSubject returns the subject on which the routers of region announce
+// themselves (plain NATS, not kept in the stream): "sluice.<region>.routers".
+func RoutersSubject(region string) string {
+	return SubjectPrefix + "." + region + ".routers"
+}
+
 // StreamName returns the name of the JetStream stream that keeps the events
 // of region.
 func StreamName(region string) string { return "sluice-" + region }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // Admin serves the router's state on the admin listener:
@@ -20,17 +21,29 @@ type Admin struct {
 	// NATS reports the state of the connection to NATS, e.g. "CONNECTED".
 	// Nil leaves it out.
 	NATS func() string
+	// Shaping is the router's bandwidth limiter, shown by /readyz and
+	// /routes. Nil means shaping is off.
+	Shaping *shaping.Limiter
 }
 
 var _ http.Handler = (*Admin)(nil)
 
 // adminStatus is the state both /readyz and /routes report.
 type adminStatus struct {
-	Ready   bool          `json:"ready"`
-	NATS    string        `json:"nats,omitempty"`
-	Events  events.Status `json:"events"`
-	Version uint64        `json:"version"`
-	Apps    int           `json:"apps"`
+	Ready   bool           `json:"ready"`
+	NATS    string         `json:"nats,omitempty"`
+	Events  events.Status  `json:"events"`
+	Version uint64         `json:"version"`
+	Apps    int            `json:"apps"`
+	Shaping *shapingStatus `json:"shaping,omitempty"`
+}
+
+// shapingStatus is the router-wide side of shaping.
+type shapingStatus struct {
+	// Defaults is the allowance of a container whose app sets none.
+	Defaults shaping.Limits `json:"defaults"`
+	// Peers is the number of routers sharing each allowance.
+	Peers int `json:"peers"`
 }
 
 func (a *Admin) status(s *Snapshot) adminStatus {
@@ -38,6 +51,9 @@ func (a *Admin) status(s *Snapshot) adminStatus {
 	st := adminStatus{Ready: ev.Ready, Events: ev, Version: s.Version(), Apps: s.Len()}
 	if a.NATS != nil {
 		st.NATS = a.NATS()
+	}
+	if a.Shaping != nil {
+		st.Shaping = &shapingStatus{Defaults: a.Shaping.Defaults(), Peers: a.Shaping.Peers()}
 	}
 	return st
 }

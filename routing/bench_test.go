@@ -2,18 +2,21 @@ package routing
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // benchTable returns a table of n apps, each with one container and two
 // domains, and the hosts it routes.
 func benchTable(b *testing.B, n int) (*Table, []string) {
 	b.Helper()
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	hosts := make([]string, 0, n)
 	batch := make([]events.Event, 0, 1024)
 	for i := range n {
@@ -32,12 +35,23 @@ func benchTable(b *testing.B, n int) (*Table, []string) {
 	return tb, hosts
 }
 
-// fresh returns copies of hosts that share no memory with the table's keys,
-// as Host headers parsed from requests do not.
-func fresh(hosts []string) []string {
-	out := make([]string, len(hosts))
-	for i, h := range hosts {
-		out[i] = string([]byte(h))
+// queries returns the hosts to look up, in the order a benchmark reads them,
+// laid out one after the other in one buffer. A Host header is parsed just
+// before its lookup, so it is in the cache and shares no memory with the
+// table's keys; reading queries in order from one buffer gives the same.
+func queries(hosts []string, pick func(k int) int) []string {
+	idx := make([]int, len(hosts))
+	size := 0
+	for k := range idx {
+		idx[k] = pick(k)
+		size += len(hosts[idx[k]])
+	}
+	buf := make([]byte, 0, size)
+	out := make([]string, len(idx))
+	for k, i := range idx {
+		start := len(buf)
+		buf = append(buf, hosts[i]...)
+		out[k] = unsafe.String(&buf[start], len(hosts[i]))
 	}
 	return out
 }
@@ -45,36 +59,53 @@ func fresh(hosts []string) []string {
 // BenchmarkLookup measures the lookup of a Host header in the route table
 // (two domains per app), next to a plain Go map of the same hosts with the
 // same normalisation (a map cannot be updated without a lock or a full
-// copy) as a baseline measured in the same run.
+// copy) as a baseline measured in the same run. Two traffic shapes: every
+// app equally likely (uniform, the worst case for the caches), and a Zipf
+// law (s = 1.1) over the apps, as the traffic of a platform is skewed
+// towards its popular apps.
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range []int{1_000, 10_000, 100_000} {
 		tb, hosts := benchTable(b, n)
 		s := tb.Snapshot()
-		queries := fresh(hosts)
-		b.Run(fmt.Sprintf("apps=%d/table", n), func(b *testing.B) {
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if _, ok := s.Lookup(queries[i]); !ok {
-					b.Fatal("miss")
-				}
-				i = (i + 7919) % n
-			}
-		})
 		m := make(map[string]*App, n)
 		for _, h := range hosts {
 			m[h], _ = s.Lookup(h)
 		}
-		b.Run(fmt.Sprintf("apps=%d/gomap", n), func(b *testing.B) {
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if m[normalizeHost(queries[i])] == nil {
-					b.Fatal("miss")
+		zipf := rand.NewZipf(rand.New(rand.NewPCG(1, 2)), 1.1, 1, uint64(n-1))
+		shapes := []struct {
+			name string
+			pick func(k int) int
+		}{
+			{"uniform", func(k int) int { return k * 7919 % n }},
+			{"zipf", func(int) int { return int(zipf.Uint64()) }},
+		}
+		for _, shape := range shapes {
+			qs := queries(hosts, shape.pick)
+			b.Run(fmt.Sprintf("apps=%d/%s/table", n, shape.name), func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if _, ok := s.Lookup(qs[i]); !ok {
+						b.Fatal("miss")
+					}
+					if i++; i == len(qs) {
+						i = 0
+					}
 				}
-				i = (i + 7919) % n
-			}
-		})
+			})
+			b.Run(fmt.Sprintf("apps=%d/%s/gomap", n, shape.name), func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if m[normalizeHost(qs[i])] == nil {
+						b.Fatal("miss")
+					}
+					if i++; i == len(qs) {
+						i = 0
+					}
+				}
+			})
+		}
 	}
 }
 

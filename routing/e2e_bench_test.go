@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluice-router/sluice/events"
 	"github.com/sluice-router/sluice/routing"
+	"github.com/sluice-router/sluice/shaping"
 	"github.com/sluice-router/sluice/testenv"
 )
 
@@ -96,5 +97,61 @@ func BenchmarkProxy(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkShaping measures what shaping costs when traffic stays under the
+// limit: the same requests through a router without shaping and through one
+// whose buckets never run dry, side by side. "small" is the container's JSON
+// reply over keep-alive (requests/s); "1MB" a 1 MB response (throughput).
+func BenchmarkShaping(b *testing.B) {
+	n := testenv.StartNATS(b)
+	off := testenv.StartRouterConfig(b, n.Connect(b), routing.Config{Region: region, NoShaping: true})
+	on := testenv.StartRouterConfig(b, n.Connect(b), routing.Config{Region: region, Shaping: shaping.Limits{Rate: 1e15, Burst: 1e15}})
+	pub := n.Publisher(b, region)
+	c := testenv.StartContainer(b, "bench", "b1")
+	ctx := context.Background()
+	if err := pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := pub.Deploy(ctx, "bench", 2, testenv.Containers(c)); err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range []*testenv.Router{off, on} {
+		r.WaitRoutes(b, "deployed", testenv.Routed("bench.example.com", "bench", "b1"))
+	}
+	for _, load := range []struct {
+		name string
+		path string
+		size int64
+	}{{"small", "/", 0}, {"1MB", "/bytes/1000000", 1_000_000}} {
+		for _, r := range []struct {
+			name string
+			r    *testenv.Router
+		}{{"off", off}, {"on", on}} {
+			b.Run(load.name+"/shaping="+r.name, func(b *testing.B) {
+				client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+				defer client.CloseIdleConnections()
+				b.SetBytes(load.size)
+				b.SetParallelism(4)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						req, _ := http.NewRequest(http.MethodGet, r.r.URL+load.path, nil)
+						req.Host = "bench.example.com"
+						resp, err := client.Do(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != http.StatusOK {
+							b.Error(fmt.Sprint("status ", resp.StatusCode))
+							return
+						}
+					}
+				})
+			})
+		}
 	}
 }

@@ -7,10 +7,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 func FuzzLookup(f *testing.F) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	tb.Apply([]events.Event{
 		deploy("a", 1, "x"), domains("a", 2, "www.example.com", "example.com"),
 		deploy("b", 1, "y"), domains("b", 2, "*.example.com"),

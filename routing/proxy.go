@@ -13,7 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // RequestIDHeader carries the request's id to the container and back to the
@@ -60,10 +60,11 @@ func NewProxy(table *Table, transport http.RoundTripper, logger zerolog.Logger) 
 	}
 	p := &Proxy{table: table, log: logger}
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:      rewrite,
-		Transport:    transport,
-		ErrorHandler: p.proxyError,
-		ErrorLog:     log.New(logWriter{logger}, "", 0),
+		Rewrite:        rewrite,
+		ModifyResponse: shapeResponse,
+		Transport:      transport,
+		ErrorHandler:   p.proxyError,
+		ErrorLog:       log.New(logWriter{logger}, "", 0),
 		// Streams (SSE, chunked) reach the client as the app writes them.
 		FlushInterval: -1,
 	}
@@ -73,9 +74,23 @@ func NewProxy(table *Table, transport http.RoundTripper, logger zerolog.Logger) 
 // exchange is what the proxy knows of one request on its way.
 type exchange struct {
 	app       *App
-	container events.Container
+	container Container
 	requestID string
 	err       *Error
+	// up and down pace the request's bytes to the container and the
+	// response's back; nil when shaping is off.
+	up, down *shaping.Pacer
+}
+
+// throttled returns how long shaping made the exchange wait, both ways.
+func (x *exchange) throttled() time.Duration {
+	var d time.Duration
+	for _, p := range []*shaping.Pacer{x.up, x.down} {
+		if p != nil {
+			d += p.Waited()
+		}
+	}
+	return d
 }
 
 type exchangeKey struct{}
@@ -116,7 +131,48 @@ func rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header.Set("X-Forwarded-Port", port)
 	}
 	pr.Out.Header.Set(RequestIDHeader, x.requestID)
+	if b := x.container.Bucket(); b != nil {
+		x.up = b.Pacer(pr.In.Context(), shaping.Upload)
+		x.down = b.Pacer(pr.In.Context(), shaping.Download)
+		if pr.Out.Body != nil && pr.Out.Body != http.NoBody {
+			pr.Out.Body = &pacedBody{ReadCloser: pr.Out.Body, pacer: x.up}
+		}
+	}
 }
+
+// shapeResponse paces the response body, or both ways of an upgraded
+// connection (WebSocket), with the container's bucket.
+func shapeResponse(resp *http.Response) error {
+	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+	switch {
+	case x.down == nil || resp.Body == nil || resp.Body == http.NoBody:
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		if conn, ok := resp.Body.(io.ReadWriteCloser); ok {
+			resp.Body = &pacedConn{ReadWriteCloser: conn, down: x.down, up: x.up}
+		}
+	default:
+		resp.Body = &pacedBody{ReadCloser: resp.Body, pacer: x.down}
+	}
+	return nil
+}
+
+// pacedBody is a body whose reads wait for its pacer's tokens.
+type pacedBody struct {
+	io.ReadCloser
+	pacer *shaping.Pacer
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) { return b.pacer.Read(b.ReadCloser, p) }
+
+// pacedConn is the container's side of an upgraded connection: what it
+// sends is paced as download, what it is sent as upload.
+type pacedConn struct {
+	io.ReadWriteCloser
+	down, up *shaping.Pacer
+}
+
+func (c *pacedConn) Read(p []byte) (int, error)  { return c.down.Read(c.ReadWriteCloser, p) }
+func (c *pacedConn) Write(p []byte) (int, error) { return c.up.Write(c.ReadWriteCloser, p) }
 
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
@@ -142,6 +198,9 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange, d time.Du
 	}
 	if x.container.ID != "" {
 		e.Str("container", x.container.ID).Str("address", x.container.Address)
+	}
+	if d := x.throttled(); d > 0 {
+		e.Dur("throttled_ms", d)
 	}
 	e.Str("host", r.Host).
 		Str("method", r.Method).

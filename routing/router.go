@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // Config configures a Router. Zero fields take the defaults documented on
@@ -43,6 +44,16 @@ type Config struct {
 	// ShutdownTimeout bounds the wait for requests in flight when the
 	// router stops. Zero means 30s.
 	ShutdownTimeout time.Duration
+	// Shaping is the bandwidth allowance of each container, each way,
+	// unless its app sets one in its container events. Zero fields take
+	// shaping.DefaultLimits: 20 MB/s and a 1.6 GB burst.
+	Shaping shaping.Limits
+	// NoShaping turns bandwidth shaping off for every container.
+	NoShaping bool
+	// ShapingPeers is the number of routers that share each container's
+	// allowance (each enforces 1/ShapingPeers of it). Zero means counting
+	// them from their heartbeats on NATS.
+	ShapingPeers int
 	// Transport reaches containers. Nil means NewTransport(ConnectTimeout).
 	Transport http.RoundTripper
 	// Logger receives the router's log and access log. The zero value logs
@@ -80,6 +91,7 @@ type Router struct {
 	cfg     Config
 	table   *Table
 	events  *events.Subscriber
+	peers   *shaping.Peers // nil when shaping is off
 	http    *http.Server
 	admin   *http.Server
 	httpLn  net.Listener
@@ -96,7 +108,21 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	table := NewTable(cfg.Logger.With().Str("component", "table").Logger())
+	var limiter *shaping.Limiter
+	var peers *shaping.Peers
+	if !cfg.NoShaping {
+		if err := cfg.Shaping.Or(shaping.DefaultLimits).Validate(); err != nil {
+			return nil, err
+		}
+		limiter = shaping.NewLimiter(cfg.Shaping)
+		peers = &shaping.Peers{Conn: nc, Region: cfg.Region, Logger: cfg.Logger.With().Str("component", "shaping").Logger()}
+		if cfg.ShapingPeers > 0 {
+			limiter.SetPeers(cfg.ShapingPeers)
+		} else {
+			peers.Limiter = limiter
+		}
+	}
+	table := NewTable(cfg.Logger.With().Str("component", "table").Logger(), limiter)
 	sub := &events.Subscriber{
 		JetStream: js,
 		Region:    cfg.Region,
@@ -105,7 +131,7 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		Logger:    cfg.Logger.With().Str("component", "events").Logger(),
 	}
 	errLog := log.New(logWriter{cfg.Logger.With().Str("component", "http").Logger()}, "", 0)
-	r := &Router{cfg: cfg, table: table, events: sub}
+	r := &Router{cfg: cfg, table: table, events: sub, peers: peers}
 	r.http = &http.Server{
 		Handler:           NewProxy(table, cfg.Transport, cfg.Logger.With().Str("component", "proxy").Logger()),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -115,9 +141,10 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	}
 	r.admin = &http.Server{
 		Handler: &Admin{
-			Table:  table,
-			Events: sub.Status,
-			NATS:   func() string { return nc.Status().String() },
+			Table:   table,
+			Events:  sub.Status,
+			NATS:    func() string { return nc.Status().String() },
+			Shaping: limiter,
 		},
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ErrorLog:          errLog,
@@ -159,6 +186,9 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.events.Run(ctx) })
+	if r.peers != nil {
+		g.Go(func() error { return r.peers.Run(ctx) })
+	}
 	g.Go(func() error { return serve(r.http, r.httpLn) })
 	g.Go(func() error { return serve(r.admin, r.adminLn) })
 	g.Go(func() error {

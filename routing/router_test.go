@@ -394,7 +394,7 @@ func TestAdminEndpoints(t *testing.T) {
 }
 
 func TestReadyzBeforeLoad(t *testing.T) {
-	a := &routing.Admin{Table: routing.NewTable(testenv.Logger(t)), Events: func() events.Status { return events.Status{} }}
+	a := &routing.Admin{Table: routing.NewTable(testenv.Logger(t), nil), Events: func() events.Status { return events.Status{} }}
 	for _, tt := range []struct {
 		ready bool
 		want  int

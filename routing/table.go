@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // App is the routing state of one app in a Snapshot. It is immutable: an
@@ -23,7 +25,7 @@ type App struct {
 	// Refused are the domains the app claims but another app owns.
 	Refused []string `json:"refused_domains,omitempty"`
 	// Containers are the app's containers; empty when it has none.
-	Containers []events.Container `json:"containers"`
+	Containers []Container `json:"containers"`
 
 	ref *appRef
 }
@@ -38,12 +40,36 @@ type appRef struct {
 	next atomic.Uint64
 }
 
+// Container is one container of an App, with the bandwidth bucket all its
+// traffic through this router draws from.
+type Container struct {
+	events.Container
+	bucket *shaping.Bucket // nil when shaping is off
+}
+
+// Bucket returns the container's bandwidth bucket, nil when shaping is off.
+func (c Container) Bucket() *shaping.Bucket { return c.bucket }
+
+// MarshalJSON writes the container's id and address, and its shaping
+// allowance and counters when shaping is on.
+func (c Container) MarshalJSON() ([]byte, error) {
+	v := struct {
+		events.Container
+		Shaping *shaping.Stats `json:"shaping,omitempty"`
+	}{Container: c.Container}
+	if c.bucket != nil {
+		st := c.bucket.Stats()
+		v.Shaping = &st
+	}
+	return json.Marshal(v)
+}
+
 // Pick returns the container the next request goes to, round-robin, or false
 // if the app has no container.
-func (a *App) Pick() (events.Container, bool) {
+func (a *App) Pick() (Container, bool) {
 	n := uint64(len(a.Containers))
 	if n == 0 {
-		return events.Container{}, false
+		return Container{}, false
 	}
 	return a.Containers[(a.ref.next.Add(1)-1)%n], true
 }
@@ -129,8 +155,9 @@ func normalizeHost(host string) string {
 // request handlers through an atomic pointer without locking, and the state
 // the event consumer builds the next Snapshot from.
 type Table struct {
-	cur atomic.Pointer[Snapshot]
-	log zerolog.Logger
+	cur     atomic.Pointer[Snapshot]
+	log     zerolog.Logger
+	limiter *shaping.Limiter // nil: no shaping
 
 	// mu serialises Apply; it guards the fields below, which only Apply
 	// reads. Request handlers never take it.
@@ -145,7 +172,7 @@ type appState struct {
 	containersGen uint64 // 0: no container set since the last delete
 	domainsGen    uint64 // 0: no domain set since the last delete
 	deletedGen    uint64
-	containers    []events.Container
+	containers    []Container
 	domains       []string // claimed, owned or not
 	ref           *appRef
 }
@@ -157,9 +184,11 @@ func (st *appState) generation() uint64 {
 }
 
 // NewTable returns an empty table that logs ignored and refused changes to
-// log.
-func NewTable(log zerolog.Logger) *Table {
-	t := &Table{log: log, states: map[string]*appState{}, claims: map[string][]string{}}
+// log. Each container gets a bandwidth bucket from limiter, kept for as long
+// as the container stays in its app's container set; a nil limiter turns
+// shaping off.
+func NewTable(log zerolog.Logger, limiter *shaping.Limiter) *Table {
+	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string][]string{}}
 	t.cur.Store(&Snapshot{next: make(chan struct{})})
 	return t
 }
@@ -278,7 +307,7 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
 			return
 		}
-		st.containersGen, st.containers = ev.Generation, slices.Clone(ev.Containers)
+		st.containersGen, st.containers = ev.Generation, t.containers(ev, st.containers)
 		dirty[ev.App] = true
 	case events.AspectDomains:
 		if ev.Generation <= st.domainsGen || ev.Generation <= st.deletedGen {
@@ -305,6 +334,35 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 		}
 		dirty[ev.App] = true
 	}
+}
+
+// containers returns the container set of ev. A container that was already
+// in the set (same id) keeps its bandwidth bucket, and with it the tokens it
+// has; a new one gets a full bucket.
+func (t *Table) containers(ev events.Event, prev []Container) []Container {
+	out := make([]Container, len(ev.Containers))
+	limits := shaping.Limits{Rate: ev.Rate, Burst: ev.Burst}
+	var kept map[string]*shaping.Bucket
+	if t.limiter != nil && len(prev) > 0 {
+		kept = make(map[string]*shaping.Bucket, len(prev))
+		for _, c := range prev {
+			kept[c.ID] = c.bucket
+		}
+	}
+	for i, c := range ev.Containers {
+		out[i].Container = c
+		switch b := kept[c.ID]; {
+		case t.limiter == nil:
+		case b == nil:
+			out[i].bucket = t.limiter.Bucket(limits)
+		default:
+			if b.Limits() != limits.Or(t.limiter.Defaults()) {
+				b.SetLimits(limits)
+			}
+			out[i].bucket = b
+		}
+	}
+	return out
 }
 
 // claim replaces the domains app claims. A domain goes to the first app that

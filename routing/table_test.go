@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 func cs(ids ...string) []events.Container {
@@ -47,7 +48,7 @@ func ids(a *App) []string {
 }
 
 func TestLookupNormalisesHost(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	tb.Apply([]events.Event{
 		deploy("exact", 1, "a"), domains("exact", 2, "www.example.com"),
 		deploy("wild", 1, "b"), domains("wild", 2, "*.example.com"),
@@ -78,7 +79,7 @@ func TestLookupNormalisesHost(t *testing.T) {
 }
 
 func TestApplyLifecycle(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	apply := func(evs ...events.Event) *Snapshot {
 		tb.Apply(evs)
 		return tb.Snapshot()
@@ -125,7 +126,7 @@ func TestApplyLifecycle(t *testing.T) {
 }
 
 func TestApplyIgnoresStaleAndDuplicate(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	tb.Apply([]events.Event{deploy("web", 5, "new"), domains("web", 6, "web.example.com")})
 	before := tb.Snapshot()
 	tb.Apply([]events.Event{
@@ -171,7 +172,7 @@ func TestApplyOrderIndependent(t *testing.T) {
 }
 
 func applyAll(evs []events.Event) *Snapshot {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	for _, ev := range evs {
 		tb.Apply([]events.Event{ev})
 	}
@@ -187,7 +188,7 @@ func dump(s *Snapshot) string {
 }
 
 func TestDomainConflict(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	tb.Apply([]events.Event{
 		deploy("first", 1, "f"), domains("first", 2, "shop.example.com", "first.example.com"),
 		deploy("second", 1, "s"), domains("second", 2, "shop.example.com", "second.example.com"),
@@ -223,7 +224,7 @@ func TestDomainMovesWithinOneBatch(t *testing.T) {
 		"claim first":   {domains("new", 2, "shop.example.com"), domains("old", 3, "old.example.com")},
 	} {
 		t.Run(name, func(t *testing.T) {
-			tb := NewTable(zerolog.Nop())
+			tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 			tb.Apply([]events.Event{deploy("old", 1, "o"), domains("old", 2, "shop.example.com", "old.example.com"), deploy("new", 1, "n")})
 			tb.Apply(batch)
 			s := tb.Snapshot()
@@ -238,7 +239,7 @@ func TestDomainMovesWithinOneBatch(t *testing.T) {
 }
 
 func TestPickRoundRobinSurvivesUpdates(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	tb.Apply([]events.Event{deploy("web", 1, "a", "b", "c")})
 	a, _ := tb.Snapshot().App("web")
 	counts := map[string]int{}
@@ -259,7 +260,7 @@ func TestPickRoundRobinSurvivesUpdates(t *testing.T) {
 }
 
 func TestSnapshotChangedClosesOnSwap(t *testing.T) {
-	tb := NewTable(zerolog.Nop())
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(shaping.Limits{}))
 	s := tb.Snapshot()
 	tb.Apply([]events.Event{deploy("web", 2, "a")})
 	select {
@@ -273,5 +274,75 @@ func TestSnapshotChangedClosesOnSwap(t *testing.T) {
 	case <-s2.Changed():
 		t.Fatal("Changed closed although nothing changed")
 	default:
+	}
+}
+
+// buckets returns the bandwidth bucket of each container of app, by id.
+func buckets(t *testing.T, tb *Table, app string) map[string]*shaping.Bucket {
+	t.Helper()
+	a, ok := tb.Snapshot().App(app)
+	if !ok {
+		t.Fatalf("app %s not found", app)
+	}
+	out := map[string]*shaping.Bucket{}
+	for _, c := range a.Containers {
+		if c.Bucket() == nil {
+			t.Fatalf("container %s has no bucket", c.ID)
+		}
+		out[c.ID] = c.Bucket()
+	}
+	return out
+}
+
+func TestBucketsFollowContainers(t *testing.T) {
+	defaults := shaping.Limits{Rate: 1000, Burst: 5000}
+	tb := NewTable(zerolog.Nop(), shaping.NewLimiter(defaults))
+	tb.Apply([]events.Event{deploy("app", 1, "a"), deploy("other", 1, "a")})
+	first := buckets(t, tb, "app")
+	if first["a"] == buckets(t, tb, "other")["a"] {
+		t.Fatal("two apps' containers with the same id share a bucket")
+	}
+	if got := first["a"].Limits(); got != defaults {
+		t.Fatalf("limits %+v, want the router's defaults %+v", got, defaults)
+	}
+
+	tb.Apply([]events.Event{{Kind: events.KindScale, App: "app", Generation: 2, Containers: cs("a", "b")}})
+	tb.Apply([]events.Event{domains("app", 3, "app.example.com")})
+	kept := buckets(t, tb, "app")
+	if kept["a"] != first["a"] {
+		t.Error("a scale that keeps container a, then a domains change, gave it a new bucket")
+	}
+	if kept["b"] == nil || kept["b"] == kept["a"] {
+		t.Error("the added container b shares a's bucket or has none")
+	}
+
+	allowance := shaping.Limits{Rate: 4000, Burst: 9000}
+	tb.Apply([]events.Event{{Kind: events.KindScale, App: "app", Generation: 4, Containers: cs("a", "b"), Rate: allowance.Rate, Burst: allowance.Burst}})
+	raised := buckets(t, tb, "app")
+	if raised["a"] != first["a"] || raised["a"].Limits() != allowance || raised["b"].Limits() != allowance {
+		t.Errorf("the app's own allowance did not apply to its kept buckets: %+v", raised["a"].Limits())
+	}
+
+	// Container a leaves: its bucket goes with it, and a container that
+	// later takes the same id starts with a full one.
+	tb.Apply([]events.Event{{Kind: events.KindScale, App: "app", Generation: 5, Containers: cs("b")}})
+	tb.Apply([]events.Event{{Kind: events.KindScale, App: "app", Generation: 6, Containers: cs("b", "a")}})
+	back := buckets(t, tb, "app")
+	if back["a"] == first["a"] {
+		t.Error("a container removed then added again kept its old bucket")
+	}
+	if back["b"] != kept["b"] {
+		t.Error("container b lost its bucket")
+	}
+	if got := back["a"].Limits(); got != defaults {
+		t.Errorf("limits %+v after an event without an allowance, want the defaults %+v", got, defaults)
+	}
+}
+
+func TestNoBucketsWithoutShaping(t *testing.T) {
+	tb := NewTable(zerolog.Nop(), nil)
+	tb.Apply([]events.Event{deploy("app", 1, "a")})
+	if a, _ := tb.Snapshot().App("app"); a.Containers[0].Bucket() != nil {
+		t.Fatal("a container has a bucket with shaping off")
 	}
 }

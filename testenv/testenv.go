@@ -8,6 +8,7 @@ package testenv
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,7 +118,11 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 }
 
 // Container is a fake app container: an HTTP server on 127.0.0.1 that
-// answers every request with a Reply naming its app and id.
+// reads each request's body and answers with a Reply naming its app and id,
+// except on these paths:
+//
+//	/bytes/N   answers N bytes (Content-Length: N)
+//	/ws/echo   a WebSocket that sends every message back
 type Container struct {
 	App  string
 	ID   string
@@ -132,6 +138,8 @@ type Reply struct {
 	Host      string      `json:"host"`
 	Path      string      `json:"path"`
 	Header    http.Header `json:"header"`
+	// BodyBytes is the size of the request body the container read.
+	BodyBytes int64 `json:"body_bytes"`
 }
 
 // StartContainer starts a container of app on a free loopback port, as
@@ -143,7 +151,11 @@ func StartContainer(t testing.TB, app, id string) *Container {
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port}
-	c.srv = &http.Server{Handler: http.HandlerFunc(c.serve), ReadHeaderTimeout: Timeout}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", c.serve)
+	mux.HandleFunc("/bytes/{n}", c.serveBytes)
+	mux.HandleFunc("/ws/echo", c.serveEcho)
+	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: Timeout}
 	go func() { _ = c.srv.Serve(ln) }()
 	t.Cleanup(c.Stop)
 	return c
@@ -151,8 +163,47 @@ func StartContainer(t testing.TB, app, id string) *Container {
 
 func (c *Container) serve(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
+	n, _ := io.Copy(io.Discard, r.Body)
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header})
+	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header, BodyBytes: n})
+}
+
+func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "want /bytes/N", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	_, _ = io.CopyN(w, zeros{}, n)
+}
+
+// zeros is an endless source of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+func (c *Container) serveEcho(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has answered the client
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	for {
+		typ, msg, err := ws.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if err := ws.Write(r.Context(), typ, msg); err != nil {
+			return
+		}
+	}
 }
 
 // Address returns the container's HOST:PORT, as events carry it.
@@ -191,13 +242,24 @@ type Router struct {
 // the region's state to load: see WaitReady.
 func StartRouter(t testing.TB, nc *nats.Conn, region string) *Router {
 	t.Helper()
-	rt, err := routing.NewRouter(nc, routing.Config{
-		Region:          region,
-		HTTPAddr:        "127.0.0.1:0",
-		AdminAddr:       "127.0.0.1:0",
-		ShutdownTimeout: Timeout,
-		Logger:          Logger(t),
-	})
+	return StartRouterConfig(t, nc, routing.Config{Region: region, Logger: Logger(t)})
+}
+
+// StartRouterConfig starts a router configured by cfg on nc's NATS, with
+// its listeners on random loopback ports unless cfg sets them. cfg.Logger is
+// used as given (Logger(t) is the test's).
+func StartRouterConfig(t testing.TB, nc *nats.Conn, cfg routing.Config) *Router {
+	t.Helper()
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = "127.0.0.1:0"
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = Timeout
+	}
+	rt, err := routing.NewRouter(nc, cfg)
 	if err != nil {
 		t.Fatalf("router: %v", err)
 	}

@@ -50,6 +50,12 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"huge generation", []string{"delete", "--app", "a", "--generation", "9007199254740993"}, "generation"},
 		{"bad generation", []string{"delete", "--app", "a", "--generation", "soon"}, "invalid value"},
 		{"serve bad log level", []string{"serve", "--log-level", "loud"}, "--log-level"},
+		{"bad rate", []string{"deploy", "--app", "a", "--container", "w=10.0.0.1:80", "--rate", "fast"}, "invalid size"},
+		{"zero burst", []string{"scale", "--app", "a", "--burst", "0"}, "more than 0"},
+		{"rate unit", []string{"restart", "--app", "a", "--container", "w=10.0.0.1:80", "--rate", "20MiBps"}, "unknown unit"},
+		{"serve bad container rate", []string{"serve", "--container-rate", "20XB"}, "unknown unit"},
+		{"serve zero burst", []string{"serve", "--container-burst", "0"}, "--container-burst"},
+		{"serve bad peers", []string{"serve", "--shaping-peers", "many"}, "--shaping-peers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +123,17 @@ func TestCLIPublishesEveryKind(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "stale generation") {
 		t.Fatalf("stale: exit %d, stderr %q", code, stderr)
 	}
+	// An app's own bandwidth allowance travels with its containers.
+	if _, stderr, code := sluice(t, getenv, "deploy", "--app", "fast", "--generation", "1", "--container", "f=10.0.0.9:80", "--rate", "320Mbit", "--burst", "3.2GB"); code != 0 {
+		t.Fatalf("deploy with an allowance: exit %d, %s", code, stderr)
+	}
+	m, err := st.GetLastMsgForSubject(context.Background(), events.Subject("eu-1", "fast", events.AspectContainers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := events.Decode(m.Subject, m.Data); err != nil || ev.Rate != 40_000_000 || ev.Burst != 3_200_000_000 {
+		t.Fatalf("stored rate %d and burst %d (%v), want 40000000 and 3200000000", ev.Rate, ev.Burst, err)
+	}
 	// Environment lists: SLUICE_CONTAINER is comma-separated.
 	env["SLUICE_CONTAINER"] = "a=10.0.0.1:80, b=10.0.0.2:80"
 	if _, stderr, code := sluice(t, getenv, "deploy", "--app", "env", "--generation", "1"); code != 0 {
@@ -132,7 +149,7 @@ func TestServeEmbedded(t *testing.T) {
 	done := make(chan error, 1)
 	dir := t.TempDir()
 	go func() {
-		done <- run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, noEnv, io.Discard, logW)
+		done <- run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json", "--container-rate", "8MB"}, noEnv, io.Discard, logW)
 		logW.Close()
 	}()
 	// The log says where everything listens.
@@ -181,7 +198,17 @@ func TestServeEmbedded(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %v %v", resp, err)
 	}
+	var ready struct {
+		Shaping struct {
+			Defaults struct{ Rate, Burst int64 }
+			Peers    int
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ready)
 	resp.Body.Close()
+	if got := ready.Shaping; err != nil || got.Defaults.Rate != 8_000_000 || got.Defaults.Burst != 1_600_000_000 || got.Peers != 1 {
+		t.Fatalf("/readyz shaping %+v (%v), want the 8MB rate given, the default burst, 1 peer", got, err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("serve returned %v", err)

@@ -27,14 +27,17 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 		gen := fs.Uint64("generation", 0, "the app's generation; must grow with each event of the app (default: the current time in microseconds)")
 		timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
 		var containers, domains listFlag
+		var rate, burst int64
 		switch kind.Aspect() {
 		case events.AspectContainers:
 			fs.Var(&containers, "container", "ID=HOST:PORT of one container; repeat for each")
+			fs.Var(bytesFlag{&rate}, "rate", "bandwidth of each container of the app, each way, e.g. 40MB or 320Mbit per second (default: the router's)")
+			fs.Var(bytesFlag{&burst}, "burst", "burst of each container of the app, each way, e.g. 3.2GB (default: the router's)")
 		case events.AspectDomains:
 			fs.Var(&domains, "domain", "a domain of the app; repeat for each")
 		}
 		return func(ctx context.Context, stdout, _ io.Writer) error {
-			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains}
+			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains, Rate: rate, Burst: burst}
 			if ev.Generation == 0 {
 				ev.Generation = uint64(time.Now().UnixMicro())
 			}
@@ -43,6 +46,9 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 			}
 			if kind == events.KindDomains && len(domains) == 0 {
 				return usagef("domains: give at least one --domain")
+			}
+			if given(fs, "rate") && rate == 0 || given(fs, "burst") && burst == 0 {
+				return usagef("%s: --rate and --burst must be more than 0 (leave them out for the router's default)", kind)
 			}
 			if (kind == events.KindDeploy || kind == events.KindRestart) && len(containers) == 0 {
 				return usagef("%s: give at least one --container (use scale for zero)", kind)
@@ -69,6 +75,14 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 			return nil
 		}
 	}
+}
+
+// given reports whether flag name was set, on the command line or from the
+// environment.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func publish(ctx context.Context, url, region string, timeout time.Duration, ev events.Event) error {

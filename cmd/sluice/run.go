@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // usageError marks an error in the command line itself.
@@ -110,6 +112,26 @@ type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// bytesFlag is a size or rate such as "20MB" or "160Mbit"
+// (shaping.ParseBytes).
+type bytesFlag struct{ n *int64 }
+
+func (b bytesFlag) String() string {
+	if b.n == nil || *b.n == 0 {
+		return "" // no default shown: the router's
+	}
+	return shaping.FormatBytes(*b.n)
+}
+
+func (b bytesFlag) Set(v string) error {
+	n, err := shaping.ParseBytes(v)
+	if err != nil {
+		return err
+	}
+	*b.n = n
+	return nil
+}
 
 func printHelp(w io.Writer) {
 	fmt.Fprintln(w, "sluice: a traffic router for a platform-as-a-service")

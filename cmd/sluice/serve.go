@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sluice-router/sluice/events"
 	"github.com/sluice-router/sluice/routing"
+	"github.com/sluice-router/sluice/shaping"
 )
 
 // serveFlags declares the flags of sluice serve and returns how it runs.
@@ -29,6 +31,10 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", 1, "replicas of the region's stream when this router creates it (3 in a NATS cluster)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on connecting to a container")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on the wait for requests in flight at shutdown")
+	cfg.Shaping = shaping.DefaultLimits
+	fs.Var(bytesFlag{&cfg.Shaping.Rate}, "container-rate", "bandwidth of each container, each way, per second, unless its app sets its own (e.g. 20MB, 160Mbit); 0 turns shaping off")
+	fs.Var(bytesFlag{&cfg.Shaping.Burst}, "container-burst", "burst of each container, each way, unless its app sets its own")
+	peers := fs.String("shaping-peers", "auto", "routers sharing each container's bandwidth: auto (counted from their heartbeats on NATS) or a number")
 	logFormat := fs.String("log-format", "auto", "json, console, or auto (console on a terminal)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	return func(ctx context.Context, _, stderr io.Writer) error {
@@ -37,6 +43,18 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 			return err
 		}
 		cfg.Logger = logger
+		if cfg.Shaping.Rate == 0 {
+			cfg.NoShaping = true
+		} else if cfg.Shaping.Burst == 0 {
+			return usagef("--container-burst must be more than 0")
+		}
+		if *peers != "auto" {
+			n, err := strconv.Atoi(*peers)
+			if err != nil || n < 1 {
+				return usagef("--shaping-peers %q: want auto or a number of routers (1 or more)", *peers)
+			}
+			cfg.ShapingPeers = n
+		}
 		nc, stopNATS, err := connect(*natsURL, *natsListen, *dataDir, logger)
 		if err != nil {
 			return err

@@ -1,0 +1,252 @@
+package routing_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/routing"
+	"github.com/sluice-router/sluice/shaping"
+	"github.com/sluice-router/sluice/testenv"
+)
+
+// syncBuffer is a log sink safe for the router's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Transfers of 2 MB through a router that allows each container 1 MB/s
+// with a 0.5 MB burst: the burst goes at once, the rest at 1 MB/s.
+const (
+	shapedRate  = 1_000_000
+	shapedBurst = 500_000
+	shapedSize  = 2_000_000
+	predicted   = time.Duration(shapedSize-shapedBurst) * time.Second / shapedRate
+)
+
+func within10(t *testing.T, what string, got time.Duration) {
+	t.Helper()
+	if math.Abs(float64(got-predicted)) > 0.1*float64(predicted) {
+		t.Errorf("%s took %v, the bucket predicts %v (±10%%)", what, got, predicted)
+	}
+}
+
+func TestShapingThroughTheProxy(t *testing.T) {
+	n := testenv.StartNATS(t)
+	logs := &syncBuffer{}
+	r := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{
+		Region:  region,
+		Shaping: shaping.Limits{Rate: shapedRate, Burst: shapedBurst},
+		Logger:  zerolog.New(logs),
+	})
+	r.WaitReady(t)
+	pub := n.Publisher(t, region)
+	// One app per transfer, so that each has a container of its own, with
+	// a full bucket.
+	for _, app := range []string{"down", "up", "ws"} {
+		c := testenv.StartContainer(t, app, app+"-1")
+		must(t, pub.Domains(ctx(t), app, 1, []string{app + ".example.com"}))
+		must(t, pub.Deploy(ctx(t), app, 2, testenv.Containers(c)))
+		r.WaitRoutes(t, app+" routed", testenv.Routed(app+".example.com", app, app+"-1"))
+	}
+
+	t.Run("transfers", func(t *testing.T) {
+		t.Run("download", func(t *testing.T) {
+			t.Parallel()
+			req, _ := http.NewRequest(http.MethodGet, r.URL+"/bytes/"+itoa(shapedSize), nil)
+			req.Host = "down.example.com"
+			start := time.Now()
+			resp, err := http.DefaultClient.Do(req)
+			must(t, err)
+			got, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || got != shapedSize {
+				t.Fatalf("read %d bytes (%v), want %d", got, err, shapedSize)
+			}
+			within10(t, "a 2 MB download", time.Since(start))
+		})
+		t.Run("upload", func(t *testing.T) {
+			t.Parallel()
+			req, _ := http.NewRequest(http.MethodPost, r.URL+"/", bytes.NewReader(make([]byte, shapedSize)))
+			req.Host = "up.example.com"
+			start := time.Now()
+			resp, reply := testenv.Do(t, req)
+			if resp.StatusCode != http.StatusOK || reply.BodyBytes != shapedSize {
+				t.Fatalf("status %d, the container read %d bytes; want 200, %d", resp.StatusCode, reply.BodyBytes, shapedSize)
+			}
+			within10(t, "a 2 MB upload", time.Since(start))
+		})
+		t.Run("websocket", func(t *testing.T) {
+			t.Parallel()
+			// The container echoes: 2 MB go up and come back down, each way
+			// paced by its own bucket, at the same time.
+			ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "ws.example.com"})
+			must(t, err)
+			defer ws.CloseNow()
+			ws.SetReadLimit(-1)
+			const msg = 50_000
+			start := time.Now()
+			errs := make(chan error, 1)
+			go func() {
+				for range shapedSize / msg {
+					if err := ws.Write(ctx(t), websocket.MessageBinary, make([]byte, msg)); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+			received := 0
+			for received < shapedSize {
+				_, data, err := ws.Read(ctx(t))
+				must(t, err)
+				received += len(data)
+			}
+			must(t, <-errs)
+			within10(t, "a 2 MB WebSocket echo", time.Since(start))
+		})
+
+	})
+
+	// What the buckets carried and how long they held traffic back shows in
+	// /routes and in the access log.
+	resp, err := http.Get(r.AdminURL + "/routes")
+	must(t, err)
+	var routes struct {
+		Routes []struct {
+			Name       string `json:"name"`
+			Containers []struct {
+				Shaping shaping.Stats `json:"shaping"`
+			} `json:"containers"`
+		} `json:"routes"`
+	}
+	must(t, json.NewDecoder(resp.Body).Decode(&routes))
+	resp.Body.Close()
+	stats := map[string]shaping.Stats{}
+	for _, a := range routes.Routes {
+		stats[a.Name] = a.Containers[0].Shaping
+	}
+	minWait := 0.9 * float64(predicted/time.Millisecond)
+	for app, flows := range map[string][]shaping.FlowStats{
+		"down": {stats["down"].Download},
+		"up":   {stats["up"].Upload},
+		// An echo: what comes down waits on what goes up, so the wait
+		// falls on either side.
+		"ws": {stats["ws"].Download, stats["ws"].Upload},
+	} {
+		st := stats[app]
+		if st.Rate != shapedRate || st.Burst != shapedBurst || st.Peers != 1 {
+			t.Errorf("%s: /routes shows rate %d, burst %d, %d peers; want %d, %d, 1", app, st.Rate, st.Burst, st.Peers, shapedRate, shapedBurst)
+		}
+		waited := 0.0
+		for _, f := range flows {
+			waited += f.WaitedMS
+			if f.Bytes < shapedSize {
+				t.Errorf("%s: /routes shows %d bytes carried, want ≥ %d", app, f.Bytes, shapedSize)
+			}
+		}
+		if waited < minWait {
+			t.Errorf("%s: /routes shows %.0f ms waited, want ≥ %.0f", app, waited, minWait)
+		}
+	}
+	if up := stats["down"].Upload; up.Bytes != 0 || up.WaitedMS != 0 {
+		t.Errorf("down: the upload side carried %d bytes, waited %.0f ms; want nothing", up.Bytes, up.WaitedMS)
+	}
+	// The router writes the access-log line after the client has the last
+	// byte: wait for it.
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		throttled := throttledByApp(logs.String())
+		if throttled["down"] >= minWait && throttled["up"] >= minWait {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the access log says throttled_ms %v by app, want ≥ %.0f for down and up", throttled, minWait)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// throttledByApp sums the throttled_ms of the access-log lines by app.
+func throttledByApp(log string) map[string]float64 {
+	out := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+		var l struct {
+			Message   string  `json:"message"`
+			App       string  `json:"app"`
+			Throttled float64 `json:"throttled_ms"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Message == "request" {
+			out[l.App] += l.Throttled
+		}
+	}
+	return out
+}
+
+// shapingPeers returns the peer count r's /readyz reports.
+func shapingPeers(t *testing.T, r *testenv.Router) int {
+	t.Helper()
+	resp, err := http.Get(r.AdminURL + "/readyz")
+	must(t, err)
+	defer resp.Body.Close()
+	var st struct {
+		Shaping struct {
+			Peers int `json:"peers"`
+		} `json:"shaping"`
+	}
+	must(t, json.NewDecoder(resp.Body).Decode(&st))
+	return st.Shaping.Peers
+}
+
+func waitShapingPeers(t *testing.T, want int, rs ...*testenv.Router) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for _, r := range rs {
+		for shapingPeers(t, r) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("a router counts %d shaping peers, want %d", shapingPeers(t, r), want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+func TestRoutersOfARegionShareTheAllowance(t *testing.T) {
+	n := testenv.StartNATS(t)
+	a := testenv.StartRouter(t, n.Connect(t), region)
+	b := testenv.StartRouter(t, n.Connect(t), region)
+	other := testenv.StartRouter(t, n.Connect(t), "elsewhere")
+	waitShapingPeers(t, 2, a, b)
+	waitShapingPeers(t, 1, other)
+
+	fixed := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, ShapingPeers: 5, Logger: testenv.Logger(t)})
+	// A router with a fixed count still announces itself.
+	waitShapingPeers(t, 3, a, b)
+	waitShapingPeers(t, 5, fixed)
+
+	b.Stop(t)
+	fixed.Stop(t)
+	waitShapingPeers(t, 1, a)
+}
