@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -93,7 +94,35 @@ type Event struct {
 	// per direction, in bytes per second and bytes, on container events
 	// only; zero means the router's default.
 	Rate, Burst int64
+	// Options are how routers serve the app, on domains events only.
+	Options AppOptions
 }
+
+// AppOptions are how routers serve an app. They travel with its domains
+// events; the zero value is the default.
+type AppOptions struct {
+	// Balance is how requests spread over the app's containers:
+	// BalanceRoundRobin (also the empty string) or BalanceLeastConn.
+	Balance Balance
+	// Sticky sends a client back to the container that served it first,
+	// by a cookie, while that container runs.
+	Sticky bool
+	// ErrorPage is the URL of an HTML page that replaces the router's own
+	// pages in the app's error answers; empty means the router's pages.
+	ErrorPage string
+}
+
+// Balance is a way to spread requests over containers.
+type Balance string
+
+// The balancing methods.
+const (
+	BalanceRoundRobin Balance = "round-robin"
+	BalanceLeastConn  Balance = "least-conn"
+)
+
+// MaxErrorPageURL bounds the length of AppOptions.ErrorPage.
+const MaxErrorPageURL = 2048
 
 // wire is the JSON form. Pointers tell an absent field from an empty one:
 // containers and domains must be present, even empty, where the kind needs
@@ -107,6 +136,9 @@ type wire struct {
 	Domains    *[]string    `json:"domains,omitempty"`
 	Rate       int64        `json:"rate,omitempty"`
 	Burst      int64        `json:"burst,omitempty"`
+	Balance    Balance      `json:"balance,omitempty"`
+	Sticky     bool         `json:"sticky,omitempty"`
+	ErrorPage  string       `json:"error_page,omitempty"`
 }
 
 // Encode validates ev and returns its JSON form.
@@ -130,6 +162,7 @@ func Encode(ev Event) ([]byte, error) {
 			ds = []string{}
 		}
 		w.Domains = &ds
+		w.Balance, w.Sticky, w.ErrorPage = ev.Options.Balance, ev.Options.Sticky, ev.Options.ErrorPage
 	}
 	return json.Marshal(w)
 }
@@ -175,7 +208,8 @@ func decodePayload(data []byte) (Event, error) {
 	case w.Generation == nil:
 		return Event{}, fmt.Errorf("%w: no generation", ErrInvalid)
 	}
-	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst}
+	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst,
+		Options: AppOptions{Balance: w.Balance, Sticky: w.Sticky, ErrorPage: w.ErrorPage}}
 	aspect := w.Kind.Aspect()
 	switch {
 	case aspect == AspectContainers && w.Containers == nil:
@@ -207,18 +241,23 @@ func (ev Event) Validate() error {
 	if ev.Generation == 0 || ev.Generation > MaxGeneration {
 		return fmt.Errorf("%w: generation %d out of range 1..%d", ErrInvalid, ev.Generation, uint64(MaxGeneration))
 	}
-	switch ev.Kind.Aspect() {
+	aspect := ev.Kind.Aspect()
+	if aspect != AspectContainers && (ev.Rate != 0 || ev.Burst != 0) {
+		return fmt.Errorf("%w: %s event with a rate or burst (container events only)", ErrInvalid, ev.Kind)
+	}
+	if aspect != AspectDomains && ev.Options != (AppOptions{}) {
+		return fmt.Errorf("%w: %s event with app options (domains events only)", ErrInvalid, ev.Kind)
+	}
+	switch aspect {
 	case AspectContainers:
 		if err := validateAllowance(ev.Rate, ev.Burst); err != nil {
 			return err
 		}
 		return validateContainers(ev.Containers)
-	}
-	if ev.Rate != 0 || ev.Burst != 0 {
-		return fmt.Errorf("%w: %s event with a rate or burst (container events only)", ErrInvalid, ev.Kind)
-	}
-	switch ev.Kind.Aspect() {
 	case AspectDomains:
+		if err := ev.Options.Validate(); err != nil {
+			return err
+		}
 		return validateDomains(ev.Domains)
 	}
 	return nil
@@ -234,6 +273,28 @@ func validateAllowance(rate, burst int64) error {
 		return fmt.Errorf("%w: rate %d out of range 1..%d bytes per second (0: the router's default)", ErrInvalid, rate, int64(MaxBandwidth))
 	case burst < 0 || burst > MaxBandwidth:
 		return fmt.Errorf("%w: burst %d out of range 1..%d bytes (0: the router's default)", ErrInvalid, burst, int64(MaxBandwidth))
+	}
+	return nil
+}
+
+// Validate reports the first reason o cannot be applied.
+func (o AppOptions) Validate() error {
+	switch o.Balance {
+	case "", BalanceRoundRobin, BalanceLeastConn:
+	default:
+		return fmt.Errorf("%w: balance %q: want %s or %s", ErrInvalid, o.Balance, BalanceRoundRobin, BalanceLeastConn)
+	}
+	if o.ErrorPage == "" {
+		return nil
+	}
+	u, err := url.Parse(o.ErrorPage)
+	switch {
+	case len(o.ErrorPage) > MaxErrorPageURL:
+		return fmt.Errorf("%w: error page URL longer than %d bytes", ErrInvalid, MaxErrorPageURL)
+	case err != nil:
+		return fmt.Errorf("%w: error page URL: %w", ErrInvalid, err)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.User != nil:
+		return fmt.Errorf("%w: error page URL %q: want an absolute http or https URL without credentials", ErrInvalid, o.ErrorPage)
 	}
 	return nil
 }

@@ -12,7 +12,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{Kind: KindDeploy, App: "my-app", Generation: 42, Containers: []Container{{ID: "web-1", Address: "10.0.0.1:31000"}, {ID: "web-2", Address: "[2001:db8::1]:31001"}, {ID: "web-3", Address: "node-3.internal:8080"}}},
 		{Kind: KindRestart, App: "my-app", Generation: 43, Containers: []Container{{ID: "web-4", Address: "10.0.0.2:31000"}}, Rate: 40_000_000, Burst: 3_200_000_000},
 		{Kind: KindScale, App: "my-app", Generation: 44, Containers: []Container{}},
-		{Kind: KindDomains, App: "my-app", Generation: 45, Domains: []string{"my-app.osc-fr1.example.com", "*.example.org", "xn--caf-dma.example.com"}},
+		{Kind: KindDomains, App: "my-app", Generation: 45, Domains: []string{"my-app.osc-fr1.example.com", "*.example.org", "xn--caf-dma.example.com"},
+			Options: AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html"}},
 		{Kind: KindDelete, App: "my-app", Generation: MaxGeneration},
 	}
 	for _, ev := range evs {
@@ -27,7 +28,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			}
 			if got.Kind != ev.Kind || got.App != ev.App || got.Generation != ev.Generation ||
 				!slices.Equal(got.Containers, ev.Containers) || !slices.Equal(got.Domains, ev.Domains) ||
-				got.Rate != ev.Rate || got.Burst != ev.Burst {
+				got.Rate != ev.Rate || got.Burst != ev.Burst || got.Options != ev.Options {
 				t.Fatalf("round trip: got %+v, want %+v", got, ev)
 			}
 		})
@@ -86,6 +87,11 @@ func TestValidateRejects(t *testing.T) {
 		{"negative rate", Event{Kind: KindDeploy, App: "a", Generation: 1, Rate: -1}, "rate"},
 		{"huge burst", Event{Kind: KindScale, App: "a", Generation: 1, Burst: MaxBandwidth + 1}, "burst"},
 		{"rate on domains", Event{Kind: KindDomains, App: "a", Generation: 1, Rate: 1000}, "container events only"},
+		{"unknown balance", Event{Kind: KindDomains, App: "a", Generation: 1, Options: AppOptions{Balance: "random"}}, "balance"},
+		{"relative error page", Event{Kind: KindDomains, App: "a", Generation: 1, Options: AppOptions{ErrorPage: "/oops.html"}}, "absolute"},
+		{"error page with credentials", Event{Kind: KindDomains, App: "a", Generation: 1, Options: AppOptions{ErrorPage: "https://u:p@x.example.com/"}}, "credentials"},
+		{"ftp error page", Event{Kind: KindDomains, App: "a", Generation: 1, Options: AppOptions{ErrorPage: "ftp://x.example.com/e.html"}}, "http"},
+		{"options on deploy", Event{Kind: KindDeploy, App: "a", Generation: 1, Options: AppOptions{Sticky: true}}, "domains events only"},
 		{"dup domain", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com", "a.com"}}, "twice"},
 	}
 	for _, tt := range tests {

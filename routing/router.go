@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,14 +34,40 @@ type Config struct {
 	StreamReplicas int
 	// ConnectTimeout bounds the connection to a container. Zero means 5s.
 	ConnectTimeout time.Duration
+	// ResponseTimeout bounds the time a container takes to start its
+	// response once it has the request (504 beyond), and the time a request
+	// waits in its app's queue. Zero means 30s.
+	ResponseTimeout time.Duration
+	// IdleTimeout closes a connection to a container, and the client's
+	// request with it, after that long without a byte either way: a
+	// rolling window, also for WebSockets and server-sent events. Zero
+	// means 60s.
+	IdleTimeout time.Duration
 	// ReadHeaderTimeout bounds the time a client takes to send its request
 	// headers. Zero means 10s.
 	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes a client's keep-alive connection idle that long.
-	// Zero means 120s.
-	IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a request's header block. Zero means 32 KiB.
+	// KeepAliveTimeout closes a client's keep-alive connection idle that
+	// long between requests. Zero means 120s.
+	KeepAliveTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header block (431 beyond); one
+	// header is bounded by MaxHeaderField. Zero means 32 KiB.
 	MaxHeaderBytes int
+	// MaxRequestBody bounds a request's body (413 beyond). Zero means 75 MB.
+	MaxRequestBody int64
+	// MaxInflight bounds the requests this router has sent to one container
+	// that it has not started to answer (a stream it answers, such as a
+	// WebSocket, holds no slot); beyond, requests wait in their app's
+	// queue, which holds MaxInflight per container, and beyond that get 503
+	// queue_full. Zero means 50; a negative value means no bound.
+	MaxInflight int64
+	// TrustedProxies are the networks whose X-Forwarded-For is kept and
+	// extended (the router is behind them). Empty: the router is the edge,
+	// and a client's X-Forwarded-For is replaced by its address.
+	TrustedProxies []netip.Prefix
+	// ProbeInterval is the time from a failed connection to a container to
+	// the first probe of it; the interval doubles after each failed probe,
+	// up to 30s. Zero means 1s.
+	ProbeInterval time.Duration
 	// ShutdownTimeout bounds the wait for requests in flight when the
 	// router stops. Zero means 30s.
 	ShutdownTimeout time.Duration
@@ -61,7 +88,20 @@ type Config struct {
 	Logger zerolog.Logger
 }
 
+// setTimeouts applies the defaults of the durations the transport uses.
+func (c *Config) setTimeouts() {
+	def := func(p *time.Duration, v time.Duration) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	def(&c.ConnectTimeout, 5*time.Second)
+	def(&c.ResponseTimeout, 30*time.Second)
+	def(&c.IdleTimeout, 60*time.Second)
+}
+
 func (c *Config) setDefaults() {
+	c.setTimeouts()
 	def := func(p *time.Duration, v time.Duration) {
 		if *p <= 0 {
 			*p = v
@@ -73,15 +113,21 @@ func (c *Config) setDefaults() {
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:9180"
 	}
-	def(&c.ConnectTimeout, 5*time.Second)
 	def(&c.ReadHeaderTimeout, 10*time.Second)
-	def(&c.IdleTimeout, 120*time.Second)
+	def(&c.KeepAliveTimeout, 120*time.Second)
 	def(&c.ShutdownTimeout, 30*time.Second)
+	def(&c.ProbeInterval, time.Second)
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = 32 << 10
 	}
+	if c.MaxRequestBody <= 0 {
+		c.MaxRequestBody = 75_000_000
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 50
+	}
 	if c.Transport == nil {
-		c.Transport = NewTransport(c.ConnectTimeout)
+		c.Transport = NewTransport(*c)
 	}
 }
 
@@ -92,6 +138,7 @@ type Router struct {
 	table   *Table
 	events  *events.Subscriber
 	peers   *shaping.Peers // nil when shaping is off
+	proxy   *Proxy
 	http    *http.Server
 	admin   *http.Server
 	httpLn  net.Listener
@@ -131,13 +178,15 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		Logger:    cfg.Logger.With().Str("component", "events").Logger(),
 	}
 	errLog := log.New(logWriter{cfg.Logger.With().Str("component", "http").Logger()}, "", 0)
-	r := &Router{cfg: cfg, table: table, events: sub, peers: peers}
+	r := &Router{cfg: cfg, table: table, events: sub, peers: peers, proxy: NewProxy(table, cfg)}
 	r.http = &http.Server{
-		Handler:           NewProxy(table, cfg.Transport, cfg.Logger.With().Str("component", "proxy").Logger()),
+		Handler:           r.proxy,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          errLog,
+		IdleTimeout:       cfg.KeepAliveTimeout,
+		// The proxy answers a header block over MaxHeaderBytes with its
+		// own 431; the server cuts off only far larger ones.
+		MaxHeaderBytes: 2 * cfg.MaxHeaderBytes,
+		ErrorLog:       errLog,
 	}
 	r.admin = &http.Server{
 		Handler: &Admin{
@@ -186,6 +235,7 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.events.Run(ctx) })
+	g.Go(func() error { return r.proxy.Run(ctx) })
 	if r.peers != nil {
 		g.Go(func() error { return r.peers.Run(ctx) })
 	}

@@ -344,7 +344,8 @@ func TestRouterRestartLoadsStateBeforeReady(t *testing.T) {
 
 func equalRoutes(a, b []routing.App) bool {
 	return slices.EqualFunc(a, b, func(x, y routing.App) bool {
-		return x.Name == y.Name && x.Generation == y.Generation && slices.Equal(x.Domains, y.Domains) && slices.Equal(x.Containers, y.Containers)
+		return x.Name == y.Name && x.Generation == y.Generation && slices.Equal(x.Domains, y.Domains) && x.Options == y.Options &&
+			slices.EqualFunc(x.Containers, y.Containers, func(a, b routing.Container) bool { return a.Container == b.Container })
 	})
 }
 

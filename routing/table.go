@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"encoding/json"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +25,8 @@ type App struct {
 	Refused []string `json:"refused_domains,omitempty"`
 	// Containers are the app's containers; empty when it has none.
 	Containers []Container `json:"containers"`
+	// Options are how the app is served, from its domains events.
+	Options events.AppOptions `json:"options"`
 
 	ref *appRef
 }
@@ -36,42 +37,9 @@ type App struct {
 // the round-robin cursor, so that a new container set does not restart the
 // rotation.
 type appRef struct {
-	app  atomic.Pointer[App] // nil while the app is deleted
-	next atomic.Uint64
-}
-
-// Container is one container of an App, with the bandwidth bucket all its
-// traffic through this router draws from.
-type Container struct {
-	events.Container
-	bucket *shaping.Bucket // nil when shaping is off
-}
-
-// Bucket returns the container's bandwidth bucket, nil when shaping is off.
-func (c Container) Bucket() *shaping.Bucket { return c.bucket }
-
-// MarshalJSON writes the container's id and address, and its shaping
-// allowance and counters when shaping is on.
-func (c Container) MarshalJSON() ([]byte, error) {
-	v := struct {
-		events.Container
-		Shaping *shaping.Stats `json:"shaping,omitempty"`
-	}{Container: c.Container}
-	if c.bucket != nil {
-		st := c.bucket.Stats()
-		v.Shaping = &st
-	}
-	return json.Marshal(v)
-}
-
-// Pick returns the container the next request goes to, round-robin, or false
-// if the app has no container.
-func (a *App) Pick() (Container, bool) {
-	n := uint64(len(a.Containers))
-	if n == 0 {
-		return Container{}, false
-	}
-	return a.Containers[(a.ref.next.Add(1)-1)%n], true
+	app   atomic.Pointer[App] // nil while the app is deleted
+	next  atomic.Uint64
+	queue waitQueue // requests waiting for a free container
 }
 
 // Snapshot is one version of the route table's maps (which domains and names
@@ -174,6 +142,7 @@ type appState struct {
 	deletedGen    uint64
 	containers    []Container
 	domains       []string // claimed, owned or not
+	options       events.AppOptions
 	ref           *appRef
 }
 
@@ -280,7 +249,7 @@ func (s *Snapshot) unroute(domain string, ref *appRef) {
 
 // build makes the App published for st.
 func (t *Table) build(name string, st *appState) *App {
-	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, ref: st.ref, Domains: []string{}}
+	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref, Domains: []string{}}
 	for _, d := range st.domains {
 		if t.claims[d][0] == name {
 			a.Domains = append(a.Domains, d)
@@ -314,7 +283,7 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
 			return
 		}
-		st.domainsGen = ev.Generation
+		st.domainsGen, st.options = ev.Generation, ev.Options
 		t.claim(ev, st, ev.Domains, dirty)
 		dirty[ev.App] = true
 	case events.AspectDelete:
@@ -326,10 +295,11 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 		// (a later re-creation) stays, whatever order events arrive in.
 		st.deletedGen = ev.Generation
 		if st.containersGen <= ev.Generation {
+			retire(st.containers, nil)
 			st.containersGen, st.containers = 0, nil
 		}
 		if st.domainsGen <= ev.Generation {
-			st.domainsGen = 0
+			st.domainsGen, st.options = 0, events.AppOptions{}
 			t.claim(ev, st, nil, dirty)
 		}
 		dirty[ev.App] = true
@@ -337,32 +307,52 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 }
 
 // containers returns the container set of ev. A container that was already
-// in the set (same id) keeps its bandwidth bucket, and with it the tokens it
-// has; a new one gets a full bucket.
+// in the set (same id) keeps the router's state of it: its bandwidth bucket
+// with the tokens it has, its requests in flight, its quarantine. A new one
+// starts afresh, and one that left is retired.
 func (t *Table) containers(ev events.Event, prev []Container) []Container {
 	out := make([]Container, len(ev.Containers))
 	limits := shaping.Limits{Rate: ev.Rate, Burst: ev.Burst}
-	var kept map[string]*shaping.Bucket
-	if t.limiter != nil && len(prev) > 0 {
-		kept = make(map[string]*shaping.Bucket, len(prev))
-		for _, c := range prev {
-			kept[c.ID] = c.bucket
-		}
+	kept := make(map[string]Container, len(prev))
+	for _, c := range prev {
+		kept[c.ID] = c
 	}
 	for i, c := range ev.Containers {
-		out[i].Container = c
-		switch b := kept[c.ID]; {
-		case t.limiter == nil:
-		case b == nil:
-			out[i].bucket = t.limiter.Bucket(limits)
-		default:
-			if b.Limits() != limits.Or(t.limiter.Defaults()) {
-				b.SetLimits(limits)
+		old, ok := kept[c.ID]
+		b := old.b
+		if !ok || old.Address != c.Address {
+			// A new container, or the same id at a new address: nothing
+			// learnt of the old address holds, but the bandwidth used
+			// stays counted.
+			var bucket *shaping.Bucket
+			if ok {
+				bucket = b.bucket
+			} else if t.limiter != nil {
+				bucket = t.limiter.Bucket(limits)
 			}
-			out[i].bucket = b
+			b = newBackend(ev.App, c.ID, bucket)
+		}
+		if b.bucket != nil && b.bucket.Limits() != limits.Or(t.limiter.Defaults()) {
+			b.bucket.SetLimits(limits)
+		}
+		out[i] = Container{Container: c, b: b}
+	}
+	retire(prev, out)
+	return out
+}
+
+// retire marks the backends of prev that next does not keep as gone, so
+// that their quarantine probes stop.
+func retire(prev, next []Container) {
+	keep := make(map[*backend]bool, len(next))
+	for _, c := range next {
+		keep[c.b] = true
+	}
+	for _, c := range prev {
+		if !keep[c.b] {
+			c.b.retired.Store(true)
 		}
 	}
-	return out
 }
 
 // claim replaces the domains app claims. A domain goes to the first app that

@@ -98,8 +98,8 @@ func TestApplyLifecycle(t *testing.T) {
 	if len(a.Containers) != 0 {
 		t.Fatalf("scaled to zero: still %v", ids(a))
 	}
-	if _, ok := a.Pick(); ok {
-		t.Fatalf("Pick on an app without containers succeeded")
+	if _, res := a.pick("", 0, nil); res != noneLeft {
+		t.Fatalf("pick on an app without containers: %v, want noneLeft", res)
 	}
 
 	s = apply(domains("web", 4, "new.example.com"))
@@ -244,7 +244,9 @@ func TestPickRoundRobinSurvivesUpdates(t *testing.T) {
 	a, _ := tb.Snapshot().App("web")
 	counts := map[string]int{}
 	for range 300 {
-		c, _ := a.Pick()
+		c, _ := a.pick("", 0, nil)
+		a.answered(c)
+		a.done(c)
 		counts[c.ID]++
 	}
 	for _, id := range []string{"a", "b", "c"} {

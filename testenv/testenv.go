@@ -121,8 +121,14 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 // reads each request's body and answers with a Reply naming its app and id,
 // except on these paths:
 //
-//	/bytes/N   answers N bytes (Content-Length: N)
-//	/ws/echo   a WebSocket that sends every message back
+//	/bytes/N     answers N bytes (Content-Length: N)
+//	/sleep/D     answers after the duration D (e.g. 300ms)
+//	/hang        never answers (until the client or the container goes)
+//	/close       closes the connection without an answer
+//	/cut         sends headers and half the body it announces, then closes
+//	/sse/N/D     sends N server-sent events, one every D, then waits until
+//	             the client goes
+//	/ws/echo     a WebSocket that sends every message back
 type Container struct {
 	App  string
 	ID   string
@@ -146,7 +152,14 @@ type Reply struct {
 // the platform does with $PORT.
 func StartContainer(t testing.TB, app, id string) *Container {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return StartContainerAt(t, app, id, "127.0.0.1:0")
+}
+
+// StartContainerAt starts a container of app listening on addr, e.g. the
+// address of a container that stopped, to bring it back.
+func StartContainerAt(t testing.TB, app, id, addr string) *Container {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("container listener: %v", err)
 	}
@@ -154,6 +167,11 @@ func StartContainer(t testing.TB, app, id string) *Container {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", c.serve)
 	mux.HandleFunc("/bytes/{n}", c.serveBytes)
+	mux.HandleFunc("/sleep/{d}", c.serveSleep)
+	mux.HandleFunc("/hang", c.serveHang)
+	mux.HandleFunc("/close", c.serveClose)
+	mux.HandleFunc("/cut", c.serveCut)
+	mux.HandleFunc("/sse/{n}/{d}", c.serveSSE)
 	mux.HandleFunc("/ws/echo", c.serveEcho)
 	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: Timeout}
 	go func() { _ = c.srv.Serve(ln) }()
@@ -164,8 +182,7 @@ func StartContainer(t testing.TB, app, id string) *Container {
 func (c *Container) serve(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
 	n, _ := io.Copy(io.Discard, r.Body)
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header, BodyBytes: n})
+	c.reply(w, r, n)
 }
 
 func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
@@ -177,6 +194,78 @@ func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	_, _ = io.CopyN(w, zeros{}, n)
+}
+
+func (c *Container) reply(w http.ResponseWriter, r *http.Request, bodyBytes int64) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header, BodyBytes: bodyBytes})
+}
+
+func (c *Container) serveSleep(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	d, err := time.ParseDuration(r.PathValue("d"))
+	if err != nil {
+		http.Error(w, "want /sleep/DURATION", http.StatusBadRequest)
+		return
+	}
+	select {
+	case <-time.After(d):
+	case <-r.Context().Done():
+		return
+	}
+	c.reply(w, r, 0)
+}
+
+func (c *Container) serveHang(_ http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	<-r.Context().Done()
+}
+
+// hijack takes the connection over, or fails the test's container.
+func hijack(w http.ResponseWriter) net.Conn {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(err) // an http.Server always lets HTTP/1 handlers hijack
+	}
+	return conn
+}
+
+func (c *Container) serveClose(w http.ResponseWriter, _ *http.Request) {
+	c.hits.Add(1)
+	hijack(w).Close()
+}
+
+func (c *Container) serveCut(w http.ResponseWriter, _ *http.Request) {
+	c.hits.Add(1)
+	conn := hijack(w)
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\n0123456789")
+}
+
+func (c *Container) serveSSE(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	n, err1 := strconv.Atoi(r.PathValue("n"))
+	every, err2 := time.ParseDuration(r.PathValue("d"))
+	if err1 != nil || err2 != nil {
+		http.Error(w, "want /sse/N/DURATION", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	for i := range n {
+		select {
+		case <-time.After(every):
+		case <-r.Context().Done():
+			return
+		}
+		if _, err := io.WriteString(w, "data: "+strconv.Itoa(i)+"\n\n"); err != nil {
+			return
+		}
+		_ = rc.Flush()
+	}
+	<-r.Context().Done()
 }
 
 // zeros is an endless source of zero bytes.
@@ -215,8 +304,19 @@ func (c *Container) Event() events.Container { return events.Container{ID: c.ID,
 // Hits returns the number of requests the container has answered.
 func (c *Container) Hits() int64 { return c.hits.Load() }
 
-// Stop closes the container's listener and connections at once.
+// Stop closes the container's listener and connections at once, as a
+// crash would.
 func (c *Container) Stop() { _ = c.srv.Close() }
+
+// Shutdown stops the container gracefully, as the platform's SIGTERM does:
+// it stops accepting connections and waits for the requests in flight.
+func (c *Container) Shutdown(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.srv.Shutdown(ctx); err != nil {
+		t.Errorf("container %s shutdown: %v", c.ID, err)
+	}
+}
 
 // Containers returns the event form of cs.
 func Containers(cs ...*Container) []events.Container {

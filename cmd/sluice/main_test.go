@@ -56,6 +56,11 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"serve bad container rate", []string{"serve", "--container-rate", "20XB"}, "unknown unit"},
 		{"serve zero burst", []string{"serve", "--container-burst", "0"}, "--container-burst"},
 		{"serve bad peers", []string{"serve", "--shaping-peers", "many"}, "--shaping-peers"},
+		{"serve bad trusted proxy", []string{"serve", "--trusted-proxy", "10.0.0.0/33"}, "--trusted-proxy"},
+		{"serve zero inflight", []string{"serve", "--max-inflight", "0"}, "--max-inflight"},
+		{"serve bad body limit", []string{"serve", "--max-request-body", "lots"}, "invalid size"},
+		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
+		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,6 +138,19 @@ func TestCLIPublishesEveryKind(t *testing.T) {
 	}
 	if ev, err := events.Decode(m.Subject, m.Data); err != nil || ev.Rate != 40_000_000 || ev.Burst != 3_200_000_000 {
 		t.Fatalf("stored rate %d and burst %d (%v), want 40000000 and 3200000000", ev.Rate, ev.Burst, err)
+	}
+	// App options travel with its domains.
+	if _, stderr, code := sluice(t, getenv, "domains", "--app", "fast", "--generation", "2", "--domain", "fast.example.com",
+		"--balance", "least-conn", "--sticky", "--error-page", "https://pages.example.com/fast.html"); code != 0 {
+		t.Fatalf("domains with options: exit %d, %s", code, stderr)
+	}
+	m, err = st.GetLastMsgForSubject(context.Background(), events.Subject("eu-1", "fast", events.AspectDomains))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantOpts := events.AppOptions{Balance: events.BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/fast.html"}
+	if ev, err := events.Decode(m.Subject, m.Data); err != nil || ev.Options != wantOpts {
+		t.Fatalf("stored options %+v (%v), want %+v", ev.Options, err, wantOpts)
 	}
 	// Environment lists: SLUICE_CONTAINER is comma-separated.
 	env["SLUICE_CONTAINER"] = "a=10.0.0.1:80, b=10.0.0.2:80"

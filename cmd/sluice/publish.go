@@ -28,6 +28,7 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 		timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
 		var containers, domains listFlag
 		var rate, burst int64
+		var opts events.AppOptions
 		switch kind.Aspect() {
 		case events.AspectContainers:
 			fs.Var(&containers, "container", "ID=HOST:PORT of one container; repeat for each")
@@ -35,9 +36,12 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 			fs.Var(bytesFlag{&burst}, "burst", "burst of each container of the app, each way, e.g. 3.2GB (default: the router's)")
 		case events.AspectDomains:
 			fs.Var(&domains, "domain", "a domain of the app; repeat for each")
+			fs.StringVar((*string)(&opts.Balance), "balance", "", "how requests spread over the app's containers: round-robin or least-conn (default round-robin)")
+			fs.BoolVar(&opts.Sticky, "sticky", false, "send each client back to the same container (cookie, 24 h)")
+			fs.StringVar(&opts.ErrorPage, "error-page", "", "URL of an HTML page shown instead of the router's error pages")
 		}
 		return func(ctx context.Context, stdout, _ io.Writer) error {
-			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains, Rate: rate, Burst: burst}
+			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains, Rate: rate, Burst: burst, Options: opts}
 			if ev.Generation == 0 {
 				ev.Generation = uint64(time.Now().UnixMicro())
 			}

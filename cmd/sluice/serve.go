@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -29,7 +30,16 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":80", "where plain HTTP is served")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9180", "where /healthz, /readyz and /routes are served")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", 1, "replicas of the region's stream when this router creates it (3 in a NATS cluster)")
-	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on connecting to a container")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on connecting to a container (then the next container is tried)")
+	fs.DurationVar(&cfg.ResponseTimeout, "response-timeout", 30*time.Second, "bound on the time a container takes to start its response (504 beyond)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close a request, WebSocket or event stream after this long without a byte either way")
+	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "bound on the time a client takes to send its request headers")
+	fs.DurationVar(&cfg.KeepAliveTimeout, "keepalive-timeout", 120*time.Second, "close a client connection idle this long between requests")
+	cfg.MaxRequestBody = 75_000_000
+	fs.Var(bytesFlag{&cfg.MaxRequestBody}, "max-request-body", "largest request body (413 beyond)")
+	fs.Int64Var(&cfg.MaxInflight, "max-inflight", 50, "requests per container, from this router, not yet answered; as many more per container wait, the rest get 503 (-1: no bound)")
+	var trusted listFlag
+	fs.Var(&trusted, "trusted-proxy", "a network (CIDR) of proxies in front of the router whose X-Forwarded-For is kept; repeat for each")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on the wait for requests in flight at shutdown")
 	cfg.Shaping = shaping.DefaultLimits
 	fs.Var(bytesFlag{&cfg.Shaping.Rate}, "container-rate", "bandwidth of each container, each way, per second, unless its app sets its own (e.g. 20MB, 160Mbit); 0 turns shaping off")
@@ -47,6 +57,19 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 			cfg.NoShaping = true
 		} else if cfg.Shaping.Burst == 0 {
 			return usagef("--container-burst must be more than 0")
+		}
+		for _, p := range trusted {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return usagef("--trusted-proxy %q: want a network such as 10.0.0.0/8", p)
+			}
+			cfg.TrustedProxies = append(cfg.TrustedProxies, pfx.Masked())
+		}
+		if cfg.MaxRequestBody <= 0 {
+			return usagef("--max-request-body must be more than 0")
+		}
+		if cfg.MaxInflight == 0 {
+			return usagef("--max-inflight must be 1 or more, or -1 for no bound")
 		}
 		if *peers != "auto" {
 			n, err := strconv.Atoi(*peers)

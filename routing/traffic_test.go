@@ -1,0 +1,810 @@
+package routing_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/routing"
+	"github.com/sluice-router/sluice/testenv"
+)
+
+// world is a NATS, a router configured by cfg, and a publisher.
+type world struct {
+	n    *testenv.NATS
+	r    *testenv.Router
+	pub  *events.Publisher
+	logs *syncBuffer
+	gen  atomic.Uint64
+}
+
+func newWorld(t *testing.T, cfg routing.Config) *world {
+	t.Helper()
+	w := &world{n: testenv.StartNATS(t), logs: &syncBuffer{}}
+	cfg.Region = region
+	cfg.Logger = zerolog.New(w.logs)
+	w.r = testenv.StartRouterConfig(t, w.n.Connect(t), cfg)
+	w.r.WaitReady(t)
+	w.pub = w.n.Publisher(t, region)
+	return w
+}
+
+// deploy gives app the domain app.example.com (with opts) and the
+// containers cs, and waits until the router routes to them.
+func (w *world) deploy(t *testing.T, app string, opts events.AppOptions, cs ...*testenv.Container) {
+	t.Helper()
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: app, Generation: w.gen.Add(1), Domains: []string{app + ".example.com"}, Options: opts}))
+	w.replace(t, app, cs...)
+}
+
+// replace publishes cs as app's containers and waits until they are routed.
+func (w *world) replace(t *testing.T, app string, cs ...*testenv.Container) {
+	t.Helper()
+	must(t, w.pub.Deploy(ctx(t), app, w.gen.Add(1), testenv.Containers(cs...)))
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	w.r.WaitRoutes(t, app+" routed", testenv.Routed(app+".example.com", app, ids...))
+}
+
+// get sends GET path for app's host, with the given headers.
+func (w *world) get(t *testing.T, app, path string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, w.r.URL+path, nil)
+	req.Host = app + ".example.com"
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	must(t, err)
+	return resp, body
+}
+
+// container returns the id of the container that answered body.
+func container(t *testing.T, body []byte) string {
+	t.Helper()
+	var reply testenv.Reply
+	if err := json.Unmarshal(body, &reply); err != nil {
+		t.Fatalf("not a container's reply: %s", body)
+	}
+	return reply.Container
+}
+
+// wantError checks a router-made error: status, code header, and page.
+func wantError(t *testing.T, resp *http.Response, body []byte, status int, code string) {
+	t.Helper()
+	if resp.StatusCode != status || resp.Header.Get(routing.ErrorHeader) != code {
+		t.Fatalf("got %d %s=%q (%s), want %d %q", resp.StatusCode, routing.ErrorHeader, resp.Header.Get(routing.ErrorHeader), body, status, code)
+	}
+	if !strings.Contains(string(body), code) {
+		t.Fatalf("the error page does not name its code %q: %s", code, body)
+	}
+}
+
+// accessLog returns the access-log lines written so far.
+func (w *world) accessLog() []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(w.logs.String()), "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(line), &l) == nil && l["message"] == "request" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// waitLog polls the access log until a line satisfies cond.
+func (w *world) waitLog(t *testing.T, what string, cond func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		for _, l := range w.accessLog() {
+			if cond(l) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no access-log line %s in:\n%s", what, w.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestZeroDowntimeDeploys(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	gen := 0
+	next := func() []*testenv.Container {
+		gen++
+		return []*testenv.Container{
+			testenv.StartContainer(t, "app", fmt.Sprintf("g%d-a", gen)),
+			testenv.StartContainer(t, "app", fmt.Sprintf("g%d-b", gen)),
+		}
+	}
+	current := next()
+	w.deploy(t, "app", events.AppOptions{}, current...)
+
+	// Clients loop over keep-alive connections while five deploys each
+	// replace every container; the platform stops the old ones
+	// gracefully half a second after the event.
+	stop := make(chan struct{})
+	var ok, failed atomic.Int64
+	var firstFailure atomic.Value
+	var clients sync.WaitGroup
+	for range 4 {
+		clients.Go(func() {
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: testenv.Timeout}
+			defer client.CloseIdleConnections()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/", nil)
+				req.Host = "app.example.com"
+				resp, err := client.Do(req)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d %s", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+					firstFailure.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	var stopping sync.WaitGroup
+	for range 5 {
+		old := current
+		current = next()
+		w.replace(t, "app", current...)
+		stopping.Go(func() {
+			time.Sleep(500 * time.Millisecond)
+			for _, c := range old {
+				c.Shutdown(t)
+			}
+		})
+		time.Sleep(200 * time.Millisecond) // load keeps running between deploys
+	}
+	stopping.Wait()
+	close(stop)
+	clients.Wait()
+	if failed.Load() != 0 || ok.Load() < 100 {
+		t.Fatalf("%d requests failed (first: %v), %d succeeded; want 0 failed", failed.Load(), firstFailure.Load(), ok.Load())
+	}
+	t.Logf("%d requests, no failure, across 5 full replacements", ok.Load())
+}
+
+func TestStreamsInFlightFinishAfterTheirContainerIsRemoved(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	old := testenv.StartContainer(t, "app", "old")
+	w.deploy(t, "app", events.AppOptions{}, old)
+
+	slow := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sleep/400ms", nil)
+		req.Host = "app.example.com"
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}
+		slow <- err
+	}()
+	req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sse/4/100ms", nil)
+	req.Host = "app.example.com"
+	sse, err := http.DefaultClient.Do(req)
+	must(t, err)
+	defer sse.Body.Close()
+	ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+	must(t, err)
+	defer ws.CloseNow()
+	waitInflight(t, w.r, "app", 3)
+
+	// A deploy replaces the container; the old one is told to stop and
+	// waits for what it has in flight, as after SIGTERM.
+	w.replace(t, "app", testenv.StartContainer(t, "app", "new"))
+	stopped := make(chan struct{})
+	go func() { old.Shutdown(t); close(stopped) }()
+
+	if _, body := w.get(t, "app", "/"); container(t, body) != "new" {
+		t.Fatalf("a new request went to %s, want new", container(t, body))
+	}
+	lines := bufio.NewScanner(sse.Body)
+	events := 0
+	for events < 4 && lines.Scan() {
+		if strings.HasPrefix(lines.Text(), "data: ") {
+			events++
+		}
+	}
+	if events != 4 {
+		t.Fatalf("the SSE stream ended after %d of 4 events: %v", events, lines.Err())
+	}
+	must(t, ws.Write(ctx(t), websocket.MessageText, []byte("still there?")))
+	if _, msg, err := ws.Read(ctx(t)); err != nil || string(msg) != "still there?" {
+		t.Fatalf("the WebSocket on the removed container: %q, %v", msg, err)
+	}
+	if err := <-slow; err != nil {
+		t.Fatalf("the request in flight on the removed container: %v", err)
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
+	sse.Body.Close()
+	<-stopped
+}
+
+// waitInflight waits until the router has n requests in flight on app.
+func waitInflight(t *testing.T, r *testenv.Router, app string, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		a, ok := r.Table().Snapshot().App(app)
+		var total int64
+		for _, c := range a.Containers {
+			total += c.Inflight()
+		}
+		if ok && total == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests in flight on %s, want %d", total, app, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCrashedContainerIsQuarantinedAndComesBack(t *testing.T) {
+	w := newWorld(t, routing.Config{ProbeInterval: 20 * time.Millisecond})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, a, b)
+	addr := a.Address()
+	a.Stop() // a crash: no event
+
+	for i := range 20 {
+		resp, body := w.get(t, "app", "/")
+		if resp.StatusCode != http.StatusOK || container(t, body) != "b" {
+			t.Fatalf("request %d after a crashed: %d from %q, want 200 from b", i, resp.StatusCode, container(t, body))
+		}
+	}
+	quarantined := func() bool {
+		app, _ := w.r.Table().Snapshot().App("app")
+		return app.Containers[0].Quarantined()
+	}
+	if !quarantined() {
+		t.Fatal("the crashed container is not quarantined")
+	}
+	l := w.waitLog(t, "with a retry", func(l map[string]any) bool { return l["retries"] == 1.0 })
+	if l["status"] != 200.0 || l["container"] != "b" {
+		t.Fatalf("the retried request's log line: %v", l)
+	}
+
+	// It comes back at the same address: a probe finds it.
+	back := testenv.StartContainerAt(t, "app", "a", addr)
+	deadline := time.Now().Add(testenv.Timeout)
+	for quarantined() {
+		if time.Now().After(deadline) {
+			t.Fatal("the container is still quarantined after it came back")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for range 4 {
+		w.get(t, "app", "/")
+	}
+	if back.Hits() == 0 {
+		t.Fatal("the container back from quarantine gets no request")
+	}
+}
+
+func TestEveryContainerUnreachable(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, a, b)
+	a.Stop()
+	b.Stop()
+	resp, body := w.get(t, "app", "/")
+	wantError(t, resp, body, http.StatusBadGateway, "container_unreachable")
+	w.waitLog(t, "with two attempts", func(l map[string]any) bool {
+		return l["error"] == "container_unreachable" && l["retries"] == 2.0
+	})
+}
+
+func TestContainerFailures(t *testing.T) {
+	w := newWorld(t, routing.Config{ResponseTimeout: 300 * time.Millisecond})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, a, b)
+
+	t.Run("never answers", func(t *testing.T) {
+		start := time.Now()
+		resp, body := w.get(t, "app", "/hang")
+		wantError(t, resp, body, http.StatusGatewayTimeout, "container_timeout")
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("504 after %v, want it after the 300ms response timeout", d)
+		}
+	})
+	t.Run("closes without answering", func(t *testing.T) {
+		hits := a.Hits() + b.Hits()
+		resp, body := w.get(t, "app", "/close")
+		wantError(t, resp, body, http.StatusBadGateway, "container_error")
+		// The request was sent: it must not be sent again.
+		if got := a.Hits() + b.Hits() - hits; got != 1 {
+			t.Fatalf("the containers got the request %d times, want once", got)
+		}
+	})
+	t.Run("cuts the response", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/cut", nil)
+		req.Host = "app.example.com"
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err)
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Fatal("a response cut by the container reached the client whole")
+		}
+		w.waitLog(t, "for the cut response", func(l map[string]any) bool {
+			return l["path"] == "/cut" && l["error"] == "container_error"
+		})
+	})
+}
+
+func TestIdleTimeout(t *testing.T) {
+	w := newWorld(t, routing.Config{IdleTimeout: 400 * time.Millisecond})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+
+	t.Run("server-sent events", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sse/3/250ms", nil)
+		req.Host = "app.example.com"
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		lines := bufio.NewScanner(resp.Body)
+		for i := range 3 {
+			for lines.Scan() && !strings.HasPrefix(lines.Text(), "data: ") {
+			}
+			// Each event arrives when sent, not buffered: the third at
+			// 750ms. The stream outlives the 400ms idle timeout because
+			// it is never idle that long.
+			if got, want := time.Since(start), time.Duration(i+1)*250*time.Millisecond; got < want || got > want+200*time.Millisecond {
+				t.Fatalf("event %d arrived after %v, want about %v", i, got, want)
+			}
+		}
+		// Then the container is silent: the stream is closed.
+		for lines.Scan() {
+		}
+		if got := time.Since(start); got < 1100*time.Millisecond || got > 3*time.Second {
+			t.Fatalf("the silent stream was closed after %v, want about 750ms + 400ms", got)
+		}
+	})
+	t.Run("websocket", func(t *testing.T) {
+		ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+		must(t, err)
+		defer ws.CloseNow()
+		for range 3 { // active for longer than the idle timeout
+			must(t, ws.Write(ctx(t), websocket.MessageText, []byte("ping")))
+			if _, _, err := ws.Read(ctx(t)); err != nil {
+				t.Fatalf("an active WebSocket was closed: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		start := time.Now()
+		_, _, err = ws.Read(ctx(t))
+		if err == nil {
+			t.Fatal("an idle WebSocket got a message")
+		}
+		if got := time.Since(start); got > 3*time.Second {
+			t.Fatalf("the idle WebSocket was closed after %v, want about 400ms", got)
+		}
+	})
+}
+
+func TestSlowClientIsCutOff(t *testing.T) {
+	w := newWorld(t, routing.Config{ReadHeaderTimeout: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(w.r.URL, "http://"))
+	must(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: app.example.com\r\n") // and never the end
+	must(t, err)
+	must(t, conn.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+	start := time.Now()
+	_, err = io.ReadAll(conn)
+	if got := time.Since(start); err != nil || got > 2*time.Second {
+		t.Fatalf("a client that never finished its headers was cut off after %v (%v), want about 200ms", got, err)
+	}
+}
+
+// raw sends a raw HTTP/1.1 request and returns the status of the answer.
+func raw(t *testing.T, r *testenv.Router, request string) (*http.Response, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
+	must(t, err)
+	defer conn.Close()
+	must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
+	_, err = io.WriteString(conn, request)
+	must(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	must(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+func TestRequestLimits(t *testing.T) {
+	w := newWorld(t, routing.Config{MaxRequestBody: 1000})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	post := func(body io.Reader, size int64) (*http.Response, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/", body)
+		req.Host = "app.example.com"
+		req.ContentLength = size
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+
+	t.Run("body at the limit", func(t *testing.T) {
+		resp, body := post(strings.NewReader(strings.Repeat("x", 1000)), 1000)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("a 1000-byte body with a 1000-byte limit: %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("declared body too large", func(t *testing.T) {
+		hits := c.Hits()
+		resp, body := post(strings.NewReader(strings.Repeat("x", 1001)), 1001)
+		wantError(t, resp, body, http.StatusRequestEntityTooLarge, "body_too_large")
+		if c.Hits() != hits {
+			t.Fatal("a body declared too large reached the container")
+		}
+	})
+	t.Run("chunked body too large", func(t *testing.T) {
+		resp, body := post(io.MultiReader(strings.NewReader(strings.Repeat("x", 2000))), -1)
+		wantError(t, resp, body, http.StatusRequestEntityTooLarge, "body_too_large")
+	})
+	t.Run("one header too large", func(t *testing.T) {
+		resp, body := w.get(t, "app", "/", "X-Big", strings.Repeat("x", routing.MaxHeaderField))
+		wantError(t, resp, body, http.StatusRequestHeaderFieldsTooLarge, "header_too_large")
+	})
+	t.Run("header block too large", func(t *testing.T) {
+		var hs []string
+		for i := range 9 {
+			hs = append(hs, "X-Part-"+strconv.Itoa(i), strings.Repeat("x", 4000))
+		}
+		resp, body := w.get(t, "app", "/", hs...)
+		wantError(t, resp, body, http.StatusRequestHeaderFieldsTooLarge, "header_too_large")
+	})
+	// The HTTP server refuses these before the router sees them, so they
+	// carry no error code (docs/errors.md).
+	for _, tt := range []struct {
+		name, request string
+		status        int
+	}{
+		{"two Host headers", "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: other.example.com\r\n\r\n", http.StatusBadRequest},
+		{"two different lengths", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde", http.StatusBadRequest},
+		{"unknown expectation", "GET / HTTP/1.1\r\nHost: app.example.com\r\nExpect: 200-ok\r\n\r\n", http.StatusExpectationFailed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hits := c.Hits()
+			if resp, body := raw(t, w.r, tt.request); resp.StatusCode != tt.status {
+				t.Fatalf("got %d %s, want %d", resp.StatusCode, body, tt.status)
+			}
+			if c.Hits() != hits {
+				t.Fatal("the request reached the container")
+			}
+		})
+	}
+}
+
+// A request with both a length and chunked encoding is read by its chunks
+// alone, and forwarded without the length (RFC 9112, section 6.3), so that
+// the container cannot read it differently from the router.
+func TestLengthAndChunkedAreNotSmuggled(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	resp, body := raw(t, w.r, "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	var reply testenv.Reply
+	must(t, json.Unmarshal([]byte(body), &reply))
+	if resp.StatusCode != http.StatusOK || reply.BodyBytes != 3 || reply.Header.Get("Content-Length") != "" {
+		t.Fatalf("got %d, the container read %d bytes with Content-Length %q; want 200, 3, none", resp.StatusCode, reply.BodyBytes, reply.Header.Get("Content-Length"))
+	}
+}
+
+func TestErrorPages(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "empty", events.AppOptions{})
+
+	for _, tt := range []struct {
+		name, accept string
+		json         bool
+	}{
+		{"browser", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", false},
+		{"curl", "*/*", false},
+		{"none", "", false},
+		{"api", "application/json", true},
+		{"api with fallback", "application/json, text/html;q=0.5", true},
+		{"problem+json", "application/problem+json", true},
+		{"html preferred", "application/json;q=0.5, text/html", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := w.get(t, "nope", "/", "Accept", tt.accept)
+			wantError(t, resp, body, http.StatusNotFound, "unknown_host")
+			ct := resp.Header.Get("Content-Type")
+			if tt.json {
+				var e struct {
+					Status    int    `json:"status"`
+					Code      string `json:"code"`
+					Message   string `json:"message"`
+					RequestID string `json:"request_id"`
+				}
+				if err := json.Unmarshal(body, &e); err != nil || ct != "application/json" {
+					t.Fatalf("%s: %s (%v)", ct, body, err)
+				}
+				if e.Status != 404 || e.Code != "unknown_host" || e.Message == "" || e.RequestID != resp.Header.Get(routing.RequestIDHeader) {
+					t.Fatalf("JSON error %+v", e)
+				}
+				return
+			}
+			if !strings.HasPrefix(ct, "text/html") || !strings.Contains(string(body), "<h1>404 Not Found</h1>") {
+				t.Fatalf("%s: %s", ct, body)
+			}
+		})
+	}
+	resp, body := w.get(t, "empty", "/", "Accept", "application/json")
+	wantError(t, resp, body, http.StatusServiceUnavailable, "no_container")
+
+	t.Run("app's own page", func(t *testing.T) {
+		const page = "<html><body>Our app is resting. Back soon.</body></html>"
+		var fetches atomic.Int64
+		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fetches.Add(1)
+			io.WriteString(w, page)
+		}))
+		defer site.Close()
+		w.deploy(t, "resting", events.AppOptions{ErrorPage: site.URL + "/oops.html"})
+		deadline := time.Now().Add(testenv.Timeout)
+		for {
+			resp, body := w.get(t, "resting", "/")
+			if string(body) == page {
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(routing.ErrorHeader) != "no_container" {
+					t.Fatalf("the app's page came with %d %q", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
+				}
+				break
+			}
+			wantError(t, resp, body, http.StatusServiceUnavailable, "no_container") // the router's page meanwhile
+			if time.Now().After(deadline) {
+				t.Fatal("the app's error page never replaced the router's")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		// Cached: more errors fetch nothing; JSON clients still get JSON.
+		for range 5 {
+			w.get(t, "resting", "/")
+		}
+		if fetches.Load() != 1 {
+			t.Fatalf("the page was fetched %d times, want once", fetches.Load())
+		}
+		resp, body := w.get(t, "resting", "/", "Accept", "application/json")
+		wantError(t, resp, body, http.StatusServiceUnavailable, "no_container")
+	})
+	t.Run("page too large", func(t *testing.T) {
+		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, strings.Repeat("x", routing.MaxErrorPageSize+1))
+		}))
+		defer site.Close()
+		w.deploy(t, "huge", events.AppOptions{ErrorPage: site.URL})
+		for range 20 {
+			resp, body := w.get(t, "huge", "/")
+			wantError(t, resp, body, http.StatusServiceUnavailable, "no_container")
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+func TestStickySessions(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	cs := []*testenv.Container{testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b"), testenv.StartContainer(t, "app", "c")}
+	w.deploy(t, "app", events.AppOptions{Sticky: true}, cs...)
+
+	resp, body := w.get(t, "app", "/")
+	first := container(t, body)
+	cookie := resp.Cookies()
+	if len(cookie) != 1 || cookie[0].Name != routing.StickyCookie || cookie[0].MaxAge != 86400 || !cookie[0].HttpOnly {
+		t.Fatalf("sticky cookie %v, want %s for 24h, HttpOnly", resp.Header.Values("Set-Cookie"), routing.StickyCookie)
+	}
+	for range 6 {
+		resp, body := w.get(t, "app", "/", "Cookie", cookie[0].String())
+		if got := container(t, body); got != first {
+			t.Fatalf("with the cookie of %s, served by %s", first, got)
+		}
+		if len(resp.Cookies()) != 0 {
+			t.Fatal("the cookie was set again though it still names a running container")
+		}
+	}
+	// Its container goes: the cookie is ignored and replaced.
+	var rest []*testenv.Container
+	for _, c := range cs {
+		if c.ID != first {
+			rest = append(rest, c)
+		}
+	}
+	w.replace(t, "app", rest...)
+	resp, body = w.get(t, "app", "/", "Cookie", cookie[0].String())
+	if resp.StatusCode != http.StatusOK || container(t, body) == first {
+		t.Fatalf("with the cookie of a removed container: %d from %s", resp.StatusCode, container(t, body))
+	}
+	if c := resp.Cookies(); len(c) != 1 || c[0].Value == cookie[0].Value {
+		t.Fatalf("no new cookie after its container left: %v", resp.Header.Values("Set-Cookie"))
+	}
+	// An app that is not sticky sets no cookie.
+	w.deploy(t, "plain", events.AppOptions{}, testenv.StartContainer(t, "plain", "p"))
+	if resp, _ := w.get(t, "plain", "/"); len(resp.Cookies()) != 0 {
+		t.Fatal("a cookie from an app that is not sticky")
+	}
+}
+
+func TestAdmissionCap(t *testing.T) {
+	w := newWorld(t, routing.Config{MaxInflight: 2})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+
+	// 2 slots on the one container, and a queue of 2: four slow requests
+	// are taken, the fifth is refused at once.
+	results := make(chan int, 4)
+	for range 4 {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sleep/300ms", nil)
+			req.Host = "app.example.com"
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				results <- 0
+				return
+			}
+			resp.Body.Close()
+			results <- resp.StatusCode
+		}()
+	}
+	waitInflight(t, w.r, "app", 2)
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		start := time.Now()
+		resp, body := w.get(t, "app", "/", "Accept", "application/json")
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			wantError(t, resp, body, http.StatusServiceUnavailable, "queue_full")
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("queue_full after %v, want at once", d)
+			}
+			break
+		}
+		// The two queued requests were not all waiting yet: this one
+		// took their place and went through.
+		if time.Now().After(deadline) {
+			t.Fatal("never refused with a full queue")
+		}
+	}
+	for range 4 {
+		if got := <-results; got != http.StatusOK {
+			t.Fatalf("a request within the cap and queue: %d, want 200", got)
+		}
+	}
+
+	// Streams the container has answered hold no slot: three open event
+	// streams leave room for requests.
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sse/1/10ms", nil)
+		req.Host = "app.example.com"
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+	}
+	waitInflight(t, w.r, "app", 3)
+	if resp, body := w.get(t, "app", "/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a request with 3 event streams open and a cap of 2: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestLeastConnThroughTheProxy(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{Balance: events.BalanceLeastConn}, a, b)
+	// A long request holds one container: every other request goes to the
+	// other one.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.get(t, "app", "/sleep/500ms")
+	}()
+	waitInflight(t, w.r, "app", 1)
+	busy := "a"
+	if a.Hits() == 0 {
+		busy = "b"
+	}
+	for range 6 {
+		if _, body := w.get(t, "app", "/"); container(t, body) == busy {
+			t.Fatalf("least-conn sent a request to %s, which has one in flight", busy)
+		}
+	}
+	<-done
+}
+
+func TestForwardedHeaders(t *testing.T) {
+	check := func(t *testing.T, trusted []netip.Prefix, xff, wantXFF, wantReal string) {
+		w := newWorld(t, routing.Config{TrustedProxies: trusted})
+		w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+		before := time.Now().UnixMilli()
+		_, body := w.get(t, "app", "/", "X-Forwarded-For", xff, "Connection", "X-Hop", "X-Hop", "secret")
+		var reply testenv.Reply
+		must(t, json.Unmarshal(body, &reply))
+		h := reply.Header
+		if got := h.Get("X-Forwarded-For"); got != wantXFF {
+			t.Errorf("X-Forwarded-For %q, want %q", got, wantXFF)
+		}
+		if got := h.Get("X-Real-Ip"); got != wantReal {
+			t.Errorf("X-Real-IP %q, want %q", got, wantReal)
+		}
+		start, err := strconv.ParseInt(strings.TrimPrefix(h.Get("X-Request-Start"), "t="), 10, 64)
+		if err != nil || start < before || start > time.Now().UnixMilli() {
+			t.Errorf("X-Request-Start %q, want t=<unix ms> of the request", h.Get("X-Request-Start"))
+		}
+		if h.Get("X-Hop") != "" {
+			t.Error("a hop-by-hop header named by Connection reached the container")
+		}
+	}
+	t.Run("edge", func(t *testing.T) {
+		check(t, nil, "203.0.113.7", "127.0.0.1", "127.0.0.1")
+	})
+	t.Run("behind a trusted proxy", func(t *testing.T) {
+		check(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")},
+			"203.0.113.7, 10.1.2.3", "203.0.113.7, 10.1.2.3, 127.0.0.1", "203.0.113.7")
+	})
+}
+
+func TestAccessLogLine(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/sleep/50ms", strings.NewReader("hello"))
+	req.Host = "app.example.com"
+	resp, _ := testenv.Do(t, req)
+	l := w.waitLog(t, "for the POST", func(l map[string]any) bool { return l["method"] == "POST" })
+	for field, want := range map[string]any{"app": "app", "container": "a", "status": 200.0, "bytes_in": 5.0, "request_id": resp.Header.Get(routing.RequestIDHeader)} {
+		if l[field] != want {
+			t.Errorf("%s = %v, want %v", field, l[field], want)
+		}
+	}
+	for _, field := range []string{"connect_ms", "ttfb_ms", "duration_ms", "bytes_out"} {
+		if v, ok := l[field].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v, want a positive number", field, l[field])
+		}
+	}
+	if l["ttfb_ms"].(float64) < 50 || l["duration_ms"].(float64) < l["ttfb_ms"].(float64) {
+		t.Errorf("ttfb %v ms and total %v ms for a container that answers after 50ms", l["ttfb_ms"], l["duration_ms"])
+	}
+	if _, ok := l["error"]; ok {
+		t.Errorf("error %v on a request that went well", l["error"])
+	}
+}
