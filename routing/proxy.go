@@ -9,11 +9,11 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,7 +48,13 @@ func NewTransport(cfg Config) *http.Transport {
 	return &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			start := time.Now()
 			c, err := d.DialContext(ctx, network, addr)
+			// The dial runs with the request's context: the proxy's
+			// access log counts the time spent connecting.
+			if x, ok := ctx.Value(exchangeKey{}).(*exchange); ok {
+				x.connect.Add(int64(time.Since(start)))
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -99,6 +105,7 @@ func NewProxy(table *Table, cfg Config) *Proxy {
 		ErrorLog:       log.New(logWriter{p.log}, "", 0),
 		// Streams (SSE, chunked) reach the client as the app writes them.
 		FlushInterval: -1,
+		BufferPool:    &bufferPool{},
 	}
 	return p
 }
@@ -130,7 +137,7 @@ type exchange struct {
 	up, down *shaping.Pacer
 	bytesIn  countingBody
 	connect  atomic.Int64 // nanoseconds spent connecting to containers
-	ttfb     atomic.Int64 // nanoseconds from start to the response's first byte
+	ttfb     atomic.Int64 // nanoseconds from start to the response's headers
 }
 
 // take notes that pick gave c to the request.
@@ -352,12 +359,8 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 	x := exchangeOf(out)
 	body := out.Body
+	req := out // the first attempt sends ReverseProxy's request as it is
 	for {
-		req := new(http.Request)
-		*req = *out
-		u := *out.URL
-		u.Host = x.container.Address
-		req.URL = &u
 		if body != nil && body != http.NoBody {
 			// The transport closes the body it is given, even when it
 			// fails to connect; keep it open for the next attempt.
@@ -368,7 +371,6 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			req.Body = rd
 		}
-		req = req.WithContext(httptrace.WithClientTrace(req.Context(), x.trace()))
 		resp, err := p.transport.RoundTrip(req)
 		if err == nil || !isDialError(err) || out.Context().Err() != nil {
 			return resp, err
@@ -381,21 +383,25 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			return nil, &unreachableError{tried: len(x.tried), err: err}
 		}
 		x.take(c)
+		req = new(http.Request)
+		*req = *out
+		u := *out.URL
+		u.Host = c.Address
+		req.URL = &u
 	}
 }
 
-// trace records the time spent connecting and the time to the response's
-// first byte.
-func (x *exchange) trace() *httptrace.ClientTrace {
-	var connectStart time.Time
-	return &httptrace.ClientTrace{
-		ConnectStart: func(string, string) { connectStart = time.Now() },
-		ConnectDone: func(string, string, error) {
-			x.connect.Add(int64(time.Since(connectStart)))
-		},
-		GotFirstResponseByte: func() { x.ttfb.Store(int64(time.Since(x.start))) },
+// bufferPool recycles the buffers ReverseProxy copies bodies through.
+type bufferPool struct{ sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.Pool.Get().(*[]byte); ok {
+		return *buf
 	}
+	return make([]byte, 32<<10)
 }
+
+func (b *bufferPool) Put(buf []byte) { b.Pool.Put(&buf) }
 
 // isDialError reports whether err is a failure to establish a connection:
 // nothing of the request was sent.
@@ -414,6 +420,7 @@ func (keepOpen) Close() error { return nil }
 // read the body, and gives a sticky app's client its cookie.
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	x := exchangeOf(resp.Request)
+	x.ttfb.Store(int64(time.Since(x.start)))
 	x.answered()
 	if x.app.Options.Sticky && x.sticky != x.container.b.sticky {
 		c := &http.Cookie{Name: StickyCookie, Value: x.container.b.sticky, Path: "/", MaxAge: int(stickyMaxAge / time.Second),
@@ -425,12 +432,12 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	}
 	if b := x.container.Bucket(); b != nil {
 		x.down = b.Pacer(resp.Request.Context(), shaping.Download)
-		if x.up == nil {
-			x.up = b.Pacer(resp.Request.Context(), shaping.Upload)
-		}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if conn, ok := resp.Body.(io.ReadWriteCloser); ok && x.down != nil {
+			if x.up == nil {
+				x.up = x.container.Bucket().Pacer(resp.Request.Context(), shaping.Upload)
+			}
 			resp.Body = &pacedConn{ReadWriteCloser: conn, down: x.down, up: x.up}
 		}
 		return nil
