@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/idna"
 )
@@ -42,6 +44,10 @@ const (
 	KindScale   Kind = "scale"
 	KindDomains Kind = "domains"
 	KindDelete  Kind = "delete"
+	// KindCert carries the certificate (chain and key) of one domain;
+	// KindCertDelete removes it. They belong to a domain, not an app.
+	KindCert       Kind = "cert"
+	KindCertDelete Kind = "cert-delete"
 )
 
 // Aspect is the part of an app's state that an event replaces. Each aspect
@@ -53,6 +59,9 @@ const (
 	AspectContainers Aspect = "containers"
 	AspectDomains    Aspect = "domains"
 	AspectDelete     Aspect = "delete"
+	// AspectCert is the certificate of a domain; its subject is the
+	// domain's, not an app's (CertSubject).
+	AspectCert Aspect = "cert"
 )
 
 // Aspect returns the aspect the kind replaces, or "" for an unknown kind.
@@ -64,6 +73,8 @@ func (k Kind) Aspect() Aspect {
 		return AspectDomains
 	case KindDelete:
 		return AspectDelete
+	case KindCert, KindCertDelete:
+		return AspectCert
 	}
 	return ""
 }
@@ -96,6 +107,11 @@ type Event struct {
 	Rate, Burst int64
 	// Options are how routers serve the app, on domains events only.
 	Options AppOptions
+	// Domain is the domain a certificate event is about (App is empty).
+	Domain string
+	// Cert is the PEM certificate chain, leaf first, and Key its PEM
+	// private key, of a KindCert event.
+	Cert, Key string
 }
 
 // AppOptions are how routers serve an app. They travel with its domains
@@ -110,6 +126,17 @@ type AppOptions struct {
 	// ErrorPage is the URL of an HTML page that replaces the router's own
 	// pages in the app's error answers; empty means the router's pages.
 	ErrorPage string
+	// ForceHTTPS answers plain HTTP requests with a redirect (301) to
+	// HTTPS, and adds Strict-Transport-Security to HTTPS responses that
+	// have none.
+	ForceHTTPS bool
+	// Canonical, if set, is one of the app's domains (not a wildcard): a
+	// request for any other domain of the app is redirected (301) to it.
+	Canonical string
+	// TLSPassthrough hands HTTPS connections to the app's containers
+	// without decrypting them (the app terminates TLS): the router reads
+	// the server name of the ClientHello and relays the bytes.
+	TLSPassthrough bool
 }
 
 // Balance is a way to spread requests over containers.
@@ -139,6 +166,12 @@ type wire struct {
 	Balance    Balance      `json:"balance,omitempty"`
 	Sticky     bool         `json:"sticky,omitempty"`
 	ErrorPage  string       `json:"error_page,omitempty"`
+	ForceHTTPS bool         `json:"force_https,omitempty"`
+	Canonical  string       `json:"canonical,omitempty"`
+	Passthru   bool         `json:"tls_passthrough,omitempty"`
+	Domain     string       `json:"domain,omitempty"`
+	Cert       string       `json:"cert,omitempty"`
+	Key        string       `json:"key,omitempty"`
 }
 
 // Encode validates ev and returns its JSON form.
@@ -147,7 +180,7 @@ func Encode(ev Event) ([]byte, error) {
 		return nil, err
 	}
 	v, gen := Version, ev.Generation
-	w := wire{V: &v, Kind: ev.Kind, App: ev.App, Generation: &gen}
+	w := wire{V: &v, Kind: ev.Kind, App: ev.App, Generation: &gen, Domain: ev.Domain, Cert: ev.Cert, Key: ev.Key}
 	switch ev.Kind.Aspect() {
 	case AspectContainers:
 		cs := ev.Containers
@@ -162,14 +195,30 @@ func Encode(ev Event) ([]byte, error) {
 			ds = []string{}
 		}
 		w.Domains = &ds
-		w.Balance, w.Sticky, w.ErrorPage = ev.Options.Balance, ev.Options.Sticky, ev.Options.ErrorPage
+		o := ev.Options
+		w.Balance, w.Sticky, w.ErrorPage = o.Balance, o.Sticky, o.ErrorPage
+		w.ForceHTTPS, w.Canonical, w.Passthru = o.ForceHTTPS, o.Canonical, o.TLSPassthrough
 	}
 	return json.Marshal(w)
 }
 
 // Decode parses and validates one event received on subject. The subject's
-// app and aspect must agree with the payload's.
+// app and aspect must agree with the payload's; a certificate's subject must
+// be its domain's.
 func Decode(subject string, data []byte) (Event, error) {
+	if region, ok := certSubjectRegion(subject); ok {
+		ev, err := decodePayload(data)
+		if err != nil {
+			return Event{}, err
+		}
+		if ev.Kind.Aspect() != AspectCert {
+			return Event{}, fmt.Errorf("%w: kind %q sent on a certificate subject", ErrInvalid, ev.Kind)
+		}
+		if want := CertSubject(region, ev.Domain); subject != want {
+			return Event{}, fmt.Errorf("%w: the certificate of %q belongs on %s, not %s", ErrInvalid, ev.Domain, want, subject)
+		}
+		return ev, nil
+	}
 	_, app, aspect, err := ParseSubject(subject)
 	if err != nil {
 		return Event{}, err
@@ -209,7 +258,9 @@ func decodePayload(data []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: no generation", ErrInvalid)
 	}
 	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst,
-		Options: AppOptions{Balance: w.Balance, Sticky: w.Sticky, ErrorPage: w.ErrorPage}}
+		Options: AppOptions{Balance: w.Balance, Sticky: w.Sticky, ErrorPage: w.ErrorPage,
+			ForceHTTPS: w.ForceHTTPS, Canonical: w.Canonical, TLSPassthrough: w.Passthru},
+		Domain: w.Domain, Cert: w.Cert, Key: w.Key}
 	aspect := w.Kind.Aspect()
 	switch {
 	case aspect == AspectContainers && w.Containers == nil:
@@ -230,10 +281,17 @@ func decodePayload(data []byte) (Event, error) {
 	return ev, ev.Validate()
 }
 
-// Validate reports the first reason ev cannot be published or applied.
+// Validate reports the first reason ev cannot be published or applied. A
+// certificate is checked against the current time.
 func (ev Event) Validate() error {
 	if ev.Kind.Aspect() == "" {
 		return fmt.Errorf("%w: unknown kind %q", ErrInvalid, ev.Kind)
+	}
+	if ev.Kind.Aspect() == AspectCert {
+		return ev.validateCert(time.Now())
+	}
+	if ev.Domain != "" || ev.Cert != "" || ev.Key != "" {
+		return fmt.Errorf("%w: %s event with a certificate field", ErrInvalid, ev.Kind)
 	}
 	if err := ValidateApp(ev.App); err != nil {
 		return err
@@ -257,6 +315,9 @@ func (ev Event) Validate() error {
 	case AspectDomains:
 		if err := ev.Options.Validate(); err != nil {
 			return err
+		}
+		if c := ev.Options.Canonical; c != "" && !slices.Contains(ev.Domains, c) {
+			return fmt.Errorf("%w: canonical domain %q is not one of the app's domains", ErrInvalid, c)
 		}
 		return validateDomains(ev.Domains)
 	}
@@ -283,6 +344,9 @@ func (o AppOptions) Validate() error {
 	case "", BalanceRoundRobin, BalanceLeastConn:
 	default:
 		return fmt.Errorf("%w: balance %q: want %s or %s", ErrInvalid, o.Balance, BalanceRoundRobin, BalanceLeastConn)
+	}
+	if strings.HasPrefix(o.Canonical, "*.") {
+		return fmt.Errorf("%w: canonical domain %q: a wildcard names no single host", ErrInvalid, o.Canonical)
 	}
 	if o.ErrorPage == "" {
 		return nil

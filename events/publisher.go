@@ -63,6 +63,18 @@ func (p *Publisher) Domains(ctx context.Context, app string, gen uint64, domains
 	return p.Publish(ctx, Event{Kind: KindDomains, App: app, Generation: gen, Domains: domains})
 }
 
+// Cert publishes the certificate of domain: a PEM chain, leaf first, and its
+// PEM private key. It is refused unless the key matches, the certificate is
+// valid now and covers domain.
+func (p *Publisher) Cert(ctx context.Context, domain string, gen uint64, certPEM, keyPEM string) error {
+	return p.Publish(ctx, Event{Kind: KindCert, Domain: domain, Generation: gen, Cert: certPEM, Key: keyPEM})
+}
+
+// DeleteCert publishes that domain has no certificate any more.
+func (p *Publisher) DeleteCert(ctx context.Context, domain string, gen uint64) error {
+	return p.Publish(ctx, Event{Kind: KindCertDelete, Domain: domain, Generation: gen})
+}
+
 // Delete publishes that app is gone, with its containers and domains.
 func (p *Publisher) Delete(ctx context.Context, app string, gen uint64) error {
 	return p.Publish(ctx, Event{Kind: KindDelete, App: app, Generation: gen})
@@ -81,7 +93,7 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 	if err != nil {
 		return err
 	}
-	subject := Subject(p.region, ev.App, ev.Kind.Aspect())
+	subject := ev.Subject(p.region)
 	for range casAttempts {
 		var lastSeq uint64
 		last, err := st.GetLastMsgForSubject(ctx, subject)

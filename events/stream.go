@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -18,7 +19,7 @@ func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              StreamName(region),
 		Description:       "sluice app lifecycle events of region " + region + "; the last message of each subject is current",
-		Subjects:          []string{RegionSubjects(region)},
+		Subjects:          []string{RegionSubjects(region), CertSubjects(region)},
 		Retention:         jetstream.LimitsPolicy,
 		MaxMsgsPerSubject: 1,
 		MaxMsgSize:        MaxEventSize,
@@ -31,7 +32,8 @@ func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 
 // EnsureStream returns the stream of region, creating it with
 // StreamConfig(region, replicas) if it does not exist. An existing stream is
-// left as the operator configured it.
+// left as the operator configured it, except that the subjects this version
+// of the wire format uses are added if it lacks them.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, region string, replicas int) (jetstream.Stream, error) {
 	if err := ValidateRegion(region); err != nil {
 		return nil, err
@@ -45,6 +47,18 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, region string, re
 	}
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamName(region), err)
+	}
+	cfg := st.CachedInfo().Config
+	missing := false
+	for _, s := range StreamConfig(region, replicas).Subjects {
+		if !slices.Contains(cfg.Subjects, s) {
+			cfg.Subjects, missing = append(cfg.Subjects, s), true
+		}
+	}
+	if missing {
+		if st, err = js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("stream %s: add subjects %v: %w", StreamName(region), cfg.Subjects, err)
+		}
 	}
 	return st, nil
 }

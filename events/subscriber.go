@@ -117,7 +117,7 @@ func (s *Subscriber) consume(ctx context.Context) error {
 	// it delivered when the connection comes back; starting from the last
 	// message of each subject gives the current state in one pass.
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{RegionSubjects(s.Region)},
+		FilterSubjects: []string{RegionSubjects(s.Region), CertSubjects(s.Region)},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {

@@ -45,6 +45,7 @@ var (
 	ErrQueueFull      = &Error{Status: http.StatusServiceUnavailable, Code: "queue_full", Message: "This app has too many requests waiting; try again shortly."}
 	ErrQueueTimeout   = &Error{Status: http.StatusGatewayTimeout, Code: "queue_timeout", Message: "This app was too busy to take the request in time."}
 	ErrBodyTooLarge   = &Error{Status: http.StatusRequestEntityTooLarge, Code: "body_too_large", Message: "The request body is too large."}
+	ErrMisdirected    = &Error{Status: http.StatusMisdirectedRequest, Code: "misdirected", Message: "This connection was opened for another app (TLS server name and Host differ)."}
 	ErrHeaderTooLarge = &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Code: "header_too_large", Message: "The request headers are too large."}
 )
 

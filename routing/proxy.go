@@ -80,8 +80,12 @@ type Proxy struct {
 	log        zerolog.Logger
 	rp         *httputil.ReverseProxy
 	transport  http.RoundTripper
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	quarantine *quarantine
 	pages      *errorPages
+	// httpsPort is the port HTTPS redirects name; "" for 443. Set before
+	// serving.
+	httpsPort string
 }
 
 var (
@@ -94,7 +98,8 @@ var (
 func NewProxy(table *Table, cfg Config) *Proxy {
 	cfg.setDefaults()
 	p := &Proxy{table: table, cfg: cfg, log: cfg.Logger.With().Str("component", "proxy").Logger(), transport: cfg.Transport}
-	d := &net.Dialer{}
+	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	p.dial = d.DialContext
 	p.quarantine = newQuarantine(d.DialContext, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
 	p.pages = newErrorPages(p.log)
 	p.rp = &httputil.ReverseProxy{
@@ -129,6 +134,7 @@ type exchange struct {
 	tried     []*backend // containers a connection failed to
 	sticky    string     // the client's sticky cookie value
 	secure    bool       // the client came over TLS
+	redirect  string     // where the request was sent instead
 	requestID string
 	err       *Error
 	bodyErr   error // a failure to read the container's response body
@@ -198,6 +204,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeError(rec, r, x)
 		return
 	}
+	if to := p.redirect(r, x.app); to != "" {
+		x.drop()
+		x.redirect = to
+		rec.Header().Set("Location", to)
+		rec.Header().Set("Cache-Control", "no-store")
+		rec.WriteHeader(http.StatusMovedPermanently)
+		return
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		x.bytesIn.ReadCloser = http.MaxBytesReader(rec, r.Body, p.cfg.MaxRequestBody)
 		r.Body = &x.bytesIn
@@ -214,7 +228,15 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 	if e := p.checkLimits(r); e != nil {
 		return e
 	}
-	app, ok := p.table.Snapshot().Lookup(r.Host)
+	snap := p.table.Snapshot()
+	app, ok := snap.Lookup(r.Host)
+	if r.TLS != nil && r.TLS.ServerName != "" {
+		// The connection was opened for the app its server name names
+		// (its certificate); another app's Host on it is misdirected.
+		if sniApp, found := snap.Lookup(r.TLS.ServerName); found && (!ok || sniApp.ref != app.ref) {
+			return ErrMisdirected
+		}
+	}
 	if !ok {
 		return ErrUnknownHost
 	}
@@ -264,6 +286,34 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 			return ErrUnknownHost
 		}
 	}
+}
+
+// redirect returns where a request must go instead, if anywhere: to HTTPS
+// for an app that forces it, and to the app's canonical domain.
+func (p *Proxy) redirect(r *http.Request, app *App) string {
+	o := app.Options
+	toHTTPS := o.ForceHTTPS && r.TLS == nil
+	host := normalizeHost(r.Host)
+	if !toHTTPS && (o.Canonical == "" || host == o.Canonical) {
+		return ""
+	}
+	if o.Canonical != "" {
+		host = o.Canonical
+	}
+	u := *r.URL
+	u.Scheme, u.Host = "http", host
+	switch {
+	case r.TLS != nil || toHTTPS:
+		u.Scheme = "https"
+		if p.httpsPort != "" {
+			u.Host = net.JoinHostPort(host, p.httpsPort)
+		}
+	default:
+		if _, port, err := net.SplitHostPort(r.Host); err == nil && port != "80" {
+			u.Host = net.JoinHostPort(host, port)
+		}
+	}
+	return u.String()
 }
 
 // checkLimits enforces the limits on a request's headers and declared body
@@ -422,6 +472,9 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	x := exchangeOf(resp.Request)
 	x.ttfb.Store(int64(time.Since(x.start)))
 	x.answered()
+	if x.secure && x.app.Options.ForceHTTPS && resp.Header.Get("Strict-Transport-Security") == "" {
+		resp.Header.Set("Strict-Transport-Security", "max-age=31536000")
+	}
 	if x.app.Options.Sticky && x.sticky != x.container.b.sticky {
 		c := &http.Cookie{Name: StickyCookie, Value: x.container.b.sticky, Path: "/", MaxAge: int(stickyMaxAge / time.Second),
 			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: x.secure}
@@ -526,6 +579,12 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange) {
 	}
 	if n := len(x.tried); n > 0 {
 		e.Int("retries", n)
+	}
+	if x.redirect != "" {
+		e.Str("redirect", x.redirect)
+	}
+	if r.TLS != nil {
+		e.Str("sni", r.TLS.ServerName).Str("proto", r.Proto)
 	}
 	if d := x.connect.Load(); d > 0 {
 		e.Dur("connect_ms", time.Duration(d))

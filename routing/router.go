@@ -2,6 +2,7 @@ package routing
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -26,6 +27,20 @@ type Config struct {
 	Region string
 	// HTTPAddr is where plain HTTP is served. Empty means ":80".
 	HTTPAddr string
+	// HTTPSAddr is where HTTPS is served (TLS 1.2 and 1.3, HTTP/2 and
+	// HTTP/1.1, the certificate and the app chosen by the server name).
+	// Empty means ":443"; "off" serves no HTTPS.
+	HTTPSAddr string
+	// DefaultCert is served to server names that have no certificate; nil
+	// refuses them in the handshake (alert unrecognized_name).
+	DefaultCert *tls.Certificate
+	// CertDir, if set, is a directory of *.pem files (a chain and its key
+	// each) served for the names their certificates list, reloaded when
+	// they change. Certificates published on NATS take precedence.
+	CertDir string
+	// CertDirInterval is how often CertDir is checked for changes. Zero
+	// means 2s.
+	CertDirInterval time.Duration
 	// AdminAddr is where /healthz, /readyz and /routes are served. Empty
 	// means "127.0.0.1:9180": loopback only.
 	AdminAddr string
@@ -113,6 +128,10 @@ func (c *Config) setDefaults() {
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:9180"
 	}
+	if c.HTTPSAddr == "" {
+		c.HTTPSAddr = ":443"
+	}
+	def(&c.CertDirInterval, 2*time.Second)
 	def(&c.ReadHeaderTimeout, 10*time.Second)
 	def(&c.KeepAliveTimeout, 120*time.Second)
 	def(&c.ShutdownTimeout, 30*time.Second)
@@ -139,6 +158,9 @@ type Router struct {
 	events  *events.Subscriber
 	peers   *shaping.Peers // nil when shaping is off
 	proxy   *Proxy
+	certs   *Certs
+	https   *http.Server // nil when HTTPS is off
+	httpsLn *sniListener
 	http    *http.Server
 	admin   *http.Server
 	httpLn  net.Listener
@@ -170,15 +192,16 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		}
 	}
 	table := NewTable(cfg.Logger.With().Str("component", "table").Logger(), limiter)
+	certs := NewCerts(cfg.Logger.With().Str("component", "certs").Logger(), cfg.DefaultCert)
 	sub := &events.Subscriber{
 		JetStream: js,
 		Region:    cfg.Region,
-		Handler:   table,
+		Handler:   splitter{table: table, certs: certs},
 		Replicas:  cfg.StreamReplicas,
 		Logger:    cfg.Logger.With().Str("component", "events").Logger(),
 	}
 	errLog := log.New(logWriter{cfg.Logger.With().Str("component", "http").Logger()}, "", 0)
-	r := &Router{cfg: cfg, table: table, events: sub, peers: peers, proxy: NewProxy(table, cfg)}
+	r := &Router{cfg: cfg, table: table, events: sub, peers: peers, proxy: NewProxy(table, cfg), certs: certs}
 	r.http = &http.Server{
 		Handler:           r.proxy,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -187,6 +210,20 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		// own 431; the server cuts off only far larger ones.
 		MaxHeaderBytes: 2 * cfg.MaxHeaderBytes,
 		ErrorLog:       errLog,
+	}
+	if cfg.HTTPSAddr != "off" {
+		r.https = &http.Server{
+			Handler:           r.proxy,
+			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+			IdleTimeout:       cfg.KeepAliveTimeout,
+			MaxHeaderBytes:    2 * cfg.MaxHeaderBytes,
+			ErrorLog:          errLog,
+			TLSConfig: &tls.Config{
+				MinVersion:     tls.VersionTLS12,
+				GetCertificate: certs.GetCertificate,
+				NextProtos:     []string{"h2", "http/1.1"},
+			},
+		}
 	}
 	r.admin = &http.Server{
 		Handler: &Admin{
@@ -200,6 +237,34 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	}
 	return r, nil
 }
+
+// splitter hands the certificate events of a batch to the certificate store
+// and the others to the route table.
+type splitter struct {
+	table *Table
+	certs *Certs
+}
+
+func (s splitter) Apply(batch []events.Event) {
+	apps := make([]events.Event, 0, len(batch))
+	hasCerts := false
+	for _, ev := range batch {
+		if ev.Kind.Aspect() == events.AspectCert {
+			hasCerts = true
+		} else {
+			apps = append(apps, ev)
+		}
+	}
+	if hasCerts {
+		s.certs.Apply(batch)
+	}
+	if len(apps) > 0 {
+		s.table.Apply(apps)
+	}
+}
+
+// Certs returns the router's certificate store.
+func (r *Router) Certs() *Certs { return r.certs }
 
 // Table returns the router's route table.
 func (r *Router) Table() *Table { return r.table }
@@ -218,7 +283,28 @@ func (r *Router) Open() error {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	if r.https != nil {
+		ln, err := net.Listen("tcp", r.cfg.HTTPSAddr)
+		if err != nil {
+			r.httpLn.Close()
+			r.adminLn.Close()
+			return fmt.Errorf("https listener: %w", err)
+		}
+		if _, port, _ := net.SplitHostPort(ln.Addr().String()); port != "443" {
+			r.proxy.httpsPort = port
+		}
+		r.httpsLn = newSNIListener(ln, r.proxy, r.cfg.ReadHeaderTimeout)
+	}
 	return nil
+}
+
+// HTTPSAddr returns the address of the HTTPS listener, nil when HTTPS is
+// off; valid after Open.
+func (r *Router) HTTPSAddr() net.Addr {
+	if r.httpsLn == nil {
+		return nil
+	}
+	return r.httpsLn.Addr()
 }
 
 // HTTPAddr returns the address of the HTTP listener; valid after Open.
@@ -241,13 +327,39 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return serve(r.http, r.httpLn) })
 	g.Go(func() error { return serve(r.admin, r.adminLn) })
+	servers := []*http.Server{r.http, r.admin}
+	if r.https != nil {
+		servers = append(servers, r.https)
+		g.Go(func() error {
+			err := r.https.ServeTLS(r.httpsLn, "", "")
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return err
+		})
+	}
+	if r.cfg.CertDir != "" {
+		g.Go(func() error { return r.certs.watchDir(ctx, r.cfg.CertDir, r.cfg.CertDirInterval) })
+	}
 	g.Go(func() error {
 		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 		defer cancel()
-		return errors.Join(r.http.Shutdown(shutdownCtx), r.admin.Shutdown(shutdownCtx))
+		var errs []error
+		for _, s := range servers {
+			errs = append(errs, s.Shutdown(shutdownCtx))
+		}
+		if r.httpsLn != nil {
+			r.httpsLn.Close()
+			r.httpsLn.wait()
+		}
+		return errors.Join(errs...)
 	})
-	r.cfg.Logger.Info().Str("region", r.cfg.Region).Stringer("http", r.HTTPAddr()).Stringer("admin", r.AdminAddr()).Msg("router started")
+	log := r.cfg.Logger.Info().Str("region", r.cfg.Region).Stringer("http", r.HTTPAddr()).Stringer("admin", r.AdminAddr())
+	if r.httpsLn != nil {
+		log = log.Stringer("https", r.HTTPSAddr())
+	}
+	log.Msg("router started")
 	return g.Wait()
 }
 

@@ -7,6 +7,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -129,12 +130,14 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 //	/sse/N/D     sends N server-sent events, one every D, then waits until
 //	             the client goes
 //	/ws/echo     a WebSocket that sends every message back
+//	/hsts        a reply with the app's own Strict-Transport-Security
 type Container struct {
 	App  string
 	ID   string
 	Port int
 	hits atomic.Int64
 	srv  *http.Server
+	host string // the IP it listens on
 }
 
 // Reply is what a Container answers, as JSON.
@@ -146,6 +149,8 @@ type Reply struct {
 	Header    http.Header `json:"header"`
 	// BodyBytes is the size of the request body the container read.
 	BodyBytes int64 `json:"body_bytes"`
+	// Proto is the protocol the request reached the container in.
+	Proto string `json:"proto"`
 }
 
 // StartContainer starts a container of app on a free loopback port, as
@@ -163,7 +168,7 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 	if err != nil {
 		t.Fatalf("container listener: %v", err)
 	}
-	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port}
+	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", c.serve)
 	mux.HandleFunc("/bytes/{n}", c.serveBytes)
@@ -173,8 +178,34 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 	mux.HandleFunc("/cut", c.serveCut)
 	mux.HandleFunc("/sse/{n}/{d}", c.serveSSE)
 	mux.HandleFunc("/ws/echo", c.serveEcho)
+	mux.HandleFunc("/hsts", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Strict-Transport-Security", AppHSTS)
+		c.serve(w, r)
+	})
 	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: Timeout}
 	go func() { _ = c.srv.Serve(ln) }()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// AppHSTS is the Strict-Transport-Security a container sets on /hsts.
+const AppHSTS = "max-age=60"
+
+// StartTLSContainer starts a container of app that terminates TLS itself
+// with the given PEM chain and key, for TLS passthrough.
+func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Container {
+	t.Helper()
+	cert, err := tls.X509KeyPair([]byte(certPEM), []byte(keyPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("container listener: %v", err)
+	}
+	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
+	c.srv = &http.Server{Handler: http.HandlerFunc(c.serve), ReadHeaderTimeout: Timeout}
+	go func() { _ = c.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
 	t.Cleanup(c.Stop)
 	return c
 }
@@ -198,7 +229,7 @@ func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
 
 func (c *Container) reply(w http.ResponseWriter, r *http.Request, bodyBytes int64) {
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header, BodyBytes: bodyBytes})
+	_ = json.NewEncoder(w).Encode(Reply{App: c.App, Container: c.ID, Host: r.Host, Path: r.URL.Path, Header: r.Header, BodyBytes: bodyBytes, Proto: r.Proto})
 }
 
 func (c *Container) serveSleep(w http.ResponseWriter, r *http.Request) {
@@ -296,7 +327,7 @@ func (c *Container) serveEcho(w http.ResponseWriter, r *http.Request) {
 }
 
 // Address returns the container's HOST:PORT, as events carry it.
-func (c *Container) Address() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)) }
+func (c *Container) Address() string { return net.JoinHostPort(c.host, strconv.Itoa(c.Port)) }
 
 // Event returns the container as events carry it.
 func (c *Container) Event() events.Container { return events.Container{ID: c.ID, Address: c.Address()} }
@@ -334,8 +365,10 @@ type Router struct {
 	URL string
 	// AdminURL is the base URL of the admin listener.
 	AdminURL string
-	cancel   context.CancelFunc
-	done     chan error
+	// HTTPSAddr is the address of the HTTPS listener ("" when off).
+	HTTPSAddr string
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 // StartRouter starts a router of region on nc's NATS. It does not wait for
@@ -356,6 +389,9 @@ func StartRouterConfig(t testing.TB, nc *nats.Conn, cfg routing.Config) *Router 
 	if cfg.AdminAddr == "" {
 		cfg.AdminAddr = "127.0.0.1:0"
 	}
+	if cfg.HTTPSAddr == "" {
+		cfg.HTTPSAddr = "127.0.0.1:0"
+	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = Timeout
 	}
@@ -373,6 +409,9 @@ func StartRouterConfig(t testing.TB, nc *nats.Conn, cfg routing.Config) *Router 
 		AdminURL: "http://" + rt.AdminAddr().String(),
 		cancel:   cancel,
 		done:     make(chan error, 1),
+	}
+	if a := rt.HTTPSAddr(); a != nil {
+		r.HTTPSAddr = a.String()
 	}
 	go func() { r.done <- rt.Run(ctx) }()
 	t.Cleanup(func() { r.Stop(t) })

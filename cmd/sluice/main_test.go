@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +61,11 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"serve bad trusted proxy", []string{"serve", "--trusted-proxy", "10.0.0.0/33"}, "--trusted-proxy"},
 		{"serve zero inflight", []string{"serve", "--max-inflight", "0"}, "--max-inflight"},
 		{"serve bad body limit", []string{"serve", "--max-request-body", "lots"}, "invalid size"},
+		{"cert without domain", []string{"cert"}, "--domain is required"},
+		{"cert without key", []string{"cert", "--domain", "a.example.com", "--cert", "c.pem"}, "give --cert and --key"},
+		{"cert delete with files", []string{"cert", "--domain", "a.example.com", "--delete", "--cert", "c.pem"}, "takes no"},
+		{"cert missing file", []string{"cert", "--domain", "a.example.com", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"}, "no such file"},
+		{"serve bad default cert", []string{"serve", "--default-cert", "/nonexistent/d.pem"}, "--default-cert"},
 		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
 		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
 	}
@@ -152,6 +159,32 @@ func TestCLIPublishesEveryKind(t *testing.T) {
 	if ev, err := events.Decode(m.Subject, m.Data); err != nil || ev.Options != wantOpts {
 		t.Fatalf("stored options %+v (%v), want %+v", ev.Options, err, wantOpts)
 	}
+	// Certificates: checked before sending, then stored by domain.
+	ca := testenv.NewCA(t)
+	dir := t.TempDir()
+	chain, key := ca.Issue(t, testenv.CertOptions{}, "fast.example.com")
+	_, otherKey := ca.Issue(t, testenv.CertOptions{}, "fast.example.com")
+	for name, data := range map[string]string{"chain.pem": chain, "key.pem": key, "other.pem": otherKey} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--cert", filepath.Join(dir, "chain.pem"), "--key", filepath.Join(dir, "other.pem")); code != 2 || !strings.Contains(stderr, "does not match") || strings.Contains(stderr, "PRIVATE") {
+		t.Fatalf("cert with the wrong key: exit %d, %s", code, stderr)
+	}
+	if _, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--generation", "1", "--cert", filepath.Join(dir, "chain.pem"), "--key", filepath.Join(dir, "key.pem")); code != 0 {
+		t.Fatalf("cert: exit %d, %s", code, stderr)
+	}
+	m, err = st.GetLastMsgForSubject(context.Background(), events.CertSubject("eu-1", "fast.example.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := events.Decode(m.Subject, m.Data); err != nil || ev.Kind != events.KindCert || ev.Domain != "fast.example.com" {
+		t.Fatalf("stored certificate event %+v (%v)", ev, err)
+	}
+	if _, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--generation", "2", "--delete"); code != 0 {
+		t.Fatalf("cert --delete: exit %d, %s", code, stderr)
+	}
 	// Environment lists: SLUICE_CONTAINER is comma-separated.
 	env["SLUICE_CONTAINER"] = "a=10.0.0.1:80, b=10.0.0.2:80"
 	if _, stderr, code := sluice(t, getenv, "deploy", "--app", "env", "--generation", "1"); code != 0 {
@@ -167,7 +200,7 @@ func TestServeEmbedded(t *testing.T) {
 	done := make(chan error, 1)
 	dir := t.TempDir()
 	go func() {
-		done <- run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json", "--container-rate", "8MB"}, noEnv, io.Discard, logW)
+		done <- run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json", "--container-rate", "8MB"}, noEnv, io.Discard, logW)
 		logW.Close()
 	}()
 	// The log says where everything listens.

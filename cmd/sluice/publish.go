@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -39,6 +40,9 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 			fs.StringVar((*string)(&opts.Balance), "balance", "", "how requests spread over the app's containers: round-robin or least-conn (default round-robin)")
 			fs.BoolVar(&opts.Sticky, "sticky", false, "send each client back to the same container (cookie, 24 h)")
 			fs.StringVar(&opts.ErrorPage, "error-page", "", "URL of an HTML page shown instead of the router's error pages")
+			fs.BoolVar(&opts.ForceHTTPS, "force-https", false, "redirect plain HTTP to HTTPS (301) and send Strict-Transport-Security")
+			fs.StringVar(&opts.Canonical, "canonical", "", "redirect every other domain of the app to this one (301)")
+			fs.BoolVar(&opts.TLSPassthrough, "tls-passthrough", false, "relay HTTPS connections undecrypted to the containers, which terminate TLS")
 		}
 		return func(ctx context.Context, stdout, _ io.Writer) error {
 			ev := events.Event{Kind: kind, App: *app, Generation: *gen, Domains: domains, Rate: rate, Burst: burst, Options: opts}
@@ -87,6 +91,60 @@ func given(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
+}
+
+// certFlags declares the flags of sluice cert and returns how it runs.
+func certFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
+	region := fs.String("region", defaultRegion, "region whose routers serve the certificate")
+	natsURL := fs.String("nats", nats.DefaultURL, "NATS URL, comma-separated for a cluster")
+	domain := fs.String("domain", "", "the domain the certificate is for, e.g. shop.example.com or *.example.com (required)")
+	certFile := fs.String("cert", "", "PEM file of the certificate chain, leaf first")
+	keyFile := fs.String("key", "", "PEM file of its private key")
+	del := fs.Bool("delete", false, "remove the domain's certificate instead")
+	gen := fs.Uint64("generation", 0, "the certificate's generation; must grow with each event of the domain (default: the current time in microseconds)")
+	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
+	return func(ctx context.Context, stdout, _ io.Writer) error {
+		ev := events.Event{Kind: events.KindCertDelete, Domain: *domain, Generation: *gen}
+		if ev.Generation == 0 {
+			ev.Generation = uint64(time.Now().UnixMicro())
+		}
+		switch {
+		case *domain == "":
+			return usagef("cert: --domain is required")
+		case *del && (*certFile != "" || *keyFile != ""):
+			return usagef("cert: --delete takes no --cert or --key")
+		case !*del && (*certFile == "" || *keyFile == ""):
+			return usagef("cert: give --cert and --key, or --delete")
+		}
+		if !*del {
+			chain, err := os.ReadFile(*certFile)
+			if err != nil {
+				return usagef("cert: %v", err)
+			}
+			key, err := os.ReadFile(*keyFile)
+			if err != nil {
+				return usagef("cert: %v", err)
+			}
+			ev.Kind, ev.Cert, ev.Key = events.KindCert, string(chain), string(key)
+		}
+		if err := events.ValidateRegion(*region); err != nil {
+			return usageError{err}
+		}
+		if err := ev.Validate(); err != nil {
+			return usageError{err}
+		}
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		if err := publish(ctx, *natsURL, *region, *timeout, ev); err != nil {
+			return err
+		}
+		what := "certificate"
+		if *del {
+			what = "certificate removal"
+		}
+		fmt.Fprintf(stdout, "published the %s of %s at generation %d to region %s\n", what, ev.Domain, ev.Generation, *region)
+		return nil
+	}
 }
 
 func publish(ctx context.Context, url, region string, timeout time.Duration, ev events.Event) error {

@@ -39,6 +39,7 @@ func commands() []command {
 		{"scale", "publish the container set of an app after a scale (no --container: zero containers)", publishFlags("scale")},
 		{"domains", "publish the complete domain set of an app", publishFlags("domains")},
 		{"delete", "publish that an app is deleted", publishFlags("delete")},
+		{"cert", "publish (or --delete) the TLS certificate of a domain", certFlags},
 	}
 }
 

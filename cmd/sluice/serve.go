@@ -28,6 +28,9 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS listens for publishers")
 	dataDir := fs.String("data-dir", "sluice-data", "where the embedded NATS keeps its JetStream store")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":80", "where plain HTTP is served")
+	fs.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "where HTTPS is served (off: no HTTPS)")
+	fs.StringVar(&cfg.CertDir, "cert-dir", "", "directory of *.pem files (chain and key each) served for the names they list, reloaded on change")
+	defaultCert := fs.String("default-cert", "", "PEM file (chain and key) served to unknown server names; without it their handshake is refused")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9180", "where /healthz, /readyz and /routes are served")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", 1, "replicas of the region's stream when this router creates it (3 in a NATS cluster)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on connecting to a container (then the next container is tried)")
@@ -57,6 +60,11 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 			cfg.NoShaping = true
 		} else if cfg.Shaping.Burst == 0 {
 			return usagef("--container-burst must be more than 0")
+		}
+		if *defaultCert != "" {
+			if cfg.DefaultCert, err = routing.LoadCertFile(*defaultCert); err != nil {
+				return usagef("--default-cert: %v", err)
+			}
 		}
 		for _, p := range trusted {
 			pfx, err := netip.ParsePrefix(p)

@@ -1,0 +1,257 @@
+package routing
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sluice-router/sluice/shaping"
+)
+
+// errPeeked stops the handshake PeekServerName runs once it has the
+// ClientHello.
+var errPeeked = errors.New("client hello read")
+
+// PeekServerName reads a TLS ClientHello from r and returns its server name
+// (SNI, "" if none) and every byte it read, to be replayed to whatever
+// handles the connection. crypto/tls parses the ClientHello: nothing is
+// written back and no handshake happens.
+func PeekServerName(r io.Reader) (string, []byte, error) {
+	rec := &recordingConn{r: r}
+	var name string
+	found := false
+	err := tls.Server(rec, &tls.Config{
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			name, found = hello.ServerName, true
+			return nil, errPeeked
+		},
+	}).Handshake()
+	if !found {
+		return "", rec.buf.Bytes(), err
+	}
+	return name, rec.buf.Bytes(), nil
+}
+
+// recordingConn is the net.Conn PeekServerName hands crypto/tls: reads come
+// from r and are kept, writes (alerts) are dropped.
+type recordingConn struct {
+	r   io.Reader
+	buf bytes.Buffer
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.buf.Write(p[:n])
+	return n, err
+}
+
+func (c *recordingConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *recordingConn) Close() error                     { return nil }
+func (c *recordingConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *recordingConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *recordingConn) SetDeadline(time.Time) error      { return nil }
+func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
+
+// prefixConn replays bytes already read from a connection before reading
+// on.
+type prefixConn struct {
+	net.Conn
+	prefix *bytes.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if c.prefix.Len() > 0 {
+		return c.prefix.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+// sniListener accepts the HTTPS listener's connections and reads each one's
+// ClientHello (on a goroutine of its own, so a slow client holds no one
+// else up): connections for apps with TLS passthrough are relayed to a
+// container, the others are handed to the HTTPS server, which terminates
+// TLS.
+type sniListener struct {
+	net.Listener
+	proxy   *Proxy
+	timeout time.Duration // bound on reading the ClientHello
+	conns   chan net.Conn
+	done    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup // connection goroutines
+}
+
+func newSNIListener(ln net.Listener, p *Proxy, timeout time.Duration) *sniListener {
+	l := &sniListener{Listener: ln, proxy: p, timeout: timeout, conns: make(chan net.Conn), done: make(chan struct{})}
+	l.wg.Go(l.acceptLoop)
+	return l
+}
+
+func (l *sniListener) acceptLoop() {
+	for {
+		conn, err := l.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			l.Close()
+			return
+		}
+		l.wg.Go(func() { l.sort(conn) })
+	}
+}
+
+// sort reads the ClientHello of conn and sends conn on its way.
+func (l *sniListener) sort(conn net.Conn) {
+	_ = conn.SetReadDeadline(time.Now().Add(l.timeout))
+	name, hello, err := PeekServerName(conn)
+	_ = conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		conn.Close() // not TLS, or too slow: nothing to answer
+		return
+	}
+	if app, ok := l.proxy.table.Snapshot().Lookup(name); ok && app.Options.TLSPassthrough {
+		l.proxy.relay(conn, hello, name, app, l.done)
+		return
+	}
+	select {
+	case l.conns <- &prefixConn{Conn: conn, prefix: bytes.NewReader(hello)}:
+	case <-l.done:
+		conn.Close()
+	}
+}
+
+func (l *sniListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting; relayed connections end when their stop channel
+// closes.
+func (l *sniListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// wait waits for the goroutines of the listener's connections.
+func (l *sniListener) wait() { l.wg.Wait() }
+
+// relay splices a TLS connection to a container of a passthrough app:
+// hello (the bytes read to find the server name) first, then both ways
+// until either side closes or stop closes. A failed connection moves on to
+// the next container, as for HTTP. Both ways are shaped by the container's
+// bucket, and the container side closes after the idle timeout.
+func (p *Proxy) relay(client net.Conn, hello []byte, name string, app *App, stop <-chan struct{}) {
+	defer client.Close()
+	x := &exchange{start: time.Now(), app: app}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var backend net.Conn
+	var err error
+	for {
+		c, res := app.pick("", -1, x.tried)
+		if res != picked {
+			p.logRelay(x, name, client, 0, 0, &unreachableError{tried: len(x.tried), err: err})
+			return
+		}
+		x.take(c)
+		x.answered() // a relayed connection holds no admission slot
+		if backend, err = p.dial(ctx, "tcp", c.Address); err == nil {
+			break
+		}
+		p.quarantine.add(app.Name, c, err)
+		x.tried = append(x.tried, c.b)
+		x.drop()
+	}
+	defer x.drop()
+	backend = newIdleConn(backend, p.cfg.IdleTimeout)
+	defer backend.Close()
+	var up, down io.Reader = client, backend
+	if b := x.container.Bucket(); b != nil {
+		x.up, x.down = b.Pacer(ctx, shaping.Upload), b.Pacer(ctx, shaping.Download)
+		up = readerFunc(func(buf []byte) (int, error) { return x.up.Read(client, buf) })
+		down = readerFunc(func(buf []byte) (int, error) { return x.down.Read(backend, buf) })
+	}
+	var in, out int64
+	if _, err := backend.Write(hello); err == nil {
+		in = int64(len(hello))
+		done := make(chan int64, 1)
+		go func() {
+			n, _ := io.Copy(backend, up)
+			closeWrite(backend)
+			done <- n
+		}()
+		out, _ = io.Copy(client, down)
+		closeWrite(client)
+		// The container is done; the client gets the idle timeout to be.
+		_ = client.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		select {
+		case n := <-done:
+			in += n
+		case <-ctx.Done():
+		}
+	}
+	p.logRelay(x, name, client, in, out, nil)
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// closeWrite half-closes a TCP connection, so that the other side sees the
+// end of the stream and can finish its own.
+func closeWrite(c net.Conn) {
+	type writeCloser interface{ CloseWrite() error }
+	if ic, ok := c.(*idleConn); ok {
+		c = ic.Conn
+	}
+	if wc, ok := c.(writeCloser); ok {
+		_ = wc.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+func (p *Proxy) logRelay(x *exchange, name string, client net.Conn, in, out int64, err error) {
+	e := p.log.Info()
+	if e == nil {
+		return
+	}
+	if err != nil {
+		x.err = upstreamError(context.Background(), err)
+		e.Str("error", x.err.Code).Str("cause", err.Error())
+	}
+	if x.container.ID != "" {
+		e.Str("container", x.container.ID).Str("address", x.container.Address)
+	}
+	if d := x.throttled(); d > 0 {
+		e.Dur("throttled_ms", d)
+	}
+	e.Str("app", x.app.Name).Str("sni", name).Bool("tls_passthrough", true).
+		Int64("bytes_in", in).Int64("bytes_out", out).
+		Dur("duration_ms", time.Since(x.start)).
+		Str("remote", client.RemoteAddr().String()).
+		Msg("connection")
+}
