@@ -2,8 +2,10 @@ package routing_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -153,5 +155,148 @@ func BenchmarkShaping(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// BenchmarkHandshake measures full TLS handshakes (no resumption) through
+// the router's HTTPS listener, with an ECDSA P-256 and an RSA-2048
+// certificate: ns per handshake, both ends on the same machine.
+func BenchmarkHandshake(b *testing.B) {
+	n := testenv.StartNATS(b)
+	r := testenv.StartRouter(b, n.Connect(b), region)
+	r.WaitReady(b)
+	pub := n.Publisher(b, region)
+	ca := testenv.NewCA(b)
+	for _, key := range []struct {
+		name string
+		rsa  bool
+	}{{"ecdsa-p256", false}, {"rsa-2048", true}} {
+		domain := key.name + ".example.com"
+		chain, pem := ca.Issue(b, testenv.CertOptions{RSA: key.rsa}, domain)
+		if err := pub.Cert(context.Background(), domain, 1, chain, pem); err != nil {
+			b.Fatal(err)
+		}
+		deadline := time.Now().Add(testenv.Timeout)
+		for {
+			if _, ok := r.Certs().Lookup(domain); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatal("certificate never applied")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: domain, ClientSessionCache: nil}
+		b.Run(key.name, func(b *testing.B) {
+			b.SetParallelism(2)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					conn, err := tls.Dial("tcp", r.HTTPSAddr, cfg)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					conn.Close()
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkHTTPS measures requests over keep-alive connections through the
+// router in plain HTTP, HTTPS with HTTP/1.1 and HTTPS with HTTP/2, side by
+// side.
+func BenchmarkHTTPS(b *testing.B) {
+	n := testenv.StartNATS(b)
+	r := testenv.StartRouter(b, n.Connect(b), region)
+	r.WaitReady(b)
+	pub := n.Publisher(b, region)
+	ca := testenv.NewCA(b)
+	c := testenv.StartContainer(b, "bench", "b1")
+	ctx := context.Background()
+	chain, key := ca.Issue(b, testenv.CertOptions{}, "bench.example.com")
+	for _, err := range []error{
+		pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}),
+		pub.Deploy(ctx, "bench", 2, testenv.Containers(c)),
+		pub.Cert(ctx, "bench.example.com", 3, chain, key),
+	} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	r.WaitRoutes(b, "deployed", testenv.Routed("bench.example.com", "bench", "b1"))
+	for _, mode := range []struct {
+		name, url string
+		h2        bool
+	}{{"http", r.URL, false}, {"https-h1", "https://" + r.HTTPSAddr, false}, {"https-h2", "https://" + r.HTTPSAddr, true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			tr := &http.Transport{MaxIdleConnsPerHost: 64, ForceAttemptHTTP2: mode.h2,
+				TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), ServerName: "bench.example.com"}}
+			if !mode.h2 {
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			client := &http.Client{Transport: tr}
+			defer client.CloseIdleConnections()
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req, _ := http.NewRequest(http.MethodGet, mode.url+"/", nil)
+					req.Host = "bench.example.com"
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Error(fmt.Sprint("status ", resp.StatusCode))
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkPassthrough measures the throughput of a TLS connection relayed
+// to a container that terminates TLS itself, against the same connection
+// made straight to the container: 1 MB responses over keep-alive.
+func BenchmarkPassthrough(b *testing.B) {
+	n := testenv.StartNATS(b)
+	r := testenv.StartRouterConfig(b, n.Connect(b), routing.Config{Region: region, NoShaping: true})
+	r.WaitReady(b)
+	pub := n.Publisher(b, region)
+	ca := testenv.NewCA(b)
+	chain, key := ca.Issue(b, testenv.CertOptions{}, "secure.example.com")
+	c := testenv.StartTLSContainer(b, "secure", "t1", "127.0.0.1:0", chain, key)
+	ctx := context.Background()
+	if err := pub.Publish(ctx, events.Event{Kind: events.KindDomains, App: "secure", Generation: 1, Domains: []string{"secure.example.com"}, Options: events.AppOptions{TLSPassthrough: true}}); err != nil {
+		b.Fatal(err)
+	}
+	if err := pub.Deploy(ctx, "secure", 2, testenv.Containers(c)); err != nil {
+		b.Fatal(err)
+	}
+	r.WaitRoutes(b, "deployed", testenv.Routed("secure.example.com", "secure", "t1"))
+	for _, target := range []struct{ name, addr string }{{"direct", c.Address()}, {"router", r.HTTPSAddr}} {
+		b.Run(target.name, func(b *testing.B) {
+			d := &net.Dialer{}
+			client := &http.Client{Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: ca.Pool()},
+				DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return d.DialContext(ctx, network, target.addr)
+				},
+			}}
+			defer client.CloseIdleConnections()
+			b.SetBytes(1_000_000)
+			for b.Loop() {
+				resp, err := client.Get("https://secure.example.com/bytes/1000000")
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
 	}
 }

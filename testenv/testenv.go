@@ -169,6 +169,14 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
+	go func() { _ = c.srv.Serve(ln) }()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// handler serves the paths listed on Container.
+func (c *Container) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", c.serve)
 	mux.HandleFunc("/bytes/{n}", c.serveBytes)
@@ -182,10 +190,7 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 		w.Header().Set("Strict-Transport-Security", AppHSTS)
 		c.serve(w, r)
 	})
-	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: Timeout}
-	go func() { _ = c.srv.Serve(ln) }()
-	t.Cleanup(c.Stop)
-	return c
+	return mux
 }
 
 // AppHSTS is the Strict-Transport-Security a container sets on /hsts.
@@ -204,7 +209,7 @@ func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Con
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
-	c.srv = &http.Server{Handler: http.HandlerFunc(c.serve), ReadHeaderTimeout: Timeout}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
 	go func() { _ = c.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
 	t.Cleanup(c.Stop)
 	return c
