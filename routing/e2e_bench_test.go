@@ -63,11 +63,9 @@ func BenchmarkPublishToRoutable(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
 
-// BenchmarkProxy measures requests per second over keep-alive connections
-// through the router, and straight to the container, side by side.
-func BenchmarkProxy(b *testing.B) {
-	_, r, pub := setup(b)
-	c := testenv.StartContainer(b, "bench", "b1")
+// deployBench publishes the app "bench" at bench.example.com, running c.
+func deployBench(b *testing.B, pub *events.Publisher, c *testenv.Container) {
+	b.Helper()
 	ctx := context.Background()
 	if err := pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}); err != nil {
 		b.Fatal(err)
@@ -75,29 +73,43 @@ func BenchmarkProxy(b *testing.B) {
 	if err := pub.Deploy(ctx, "bench", 2, testenv.Containers(c)); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// hammer sends GET url to bench.example.com from 4 goroutines per CPU over
+// client until the benchmark ends; each request must get a 200.
+func hammer(b *testing.B, client *http.Client, url string) {
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			req.Host = "bench.example.com"
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Error(fmt.Sprint("status ", resp.StatusCode))
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkProxy measures requests per second over keep-alive connections
+// through the router, and straight to the container, side by side.
+func BenchmarkProxy(b *testing.B) {
+	_, r, pub := setup(b)
+	c := testenv.StartContainer(b, "bench", "b1")
+	deployBench(b, pub, c)
 	r.WaitRoutes(b, "deployed", testenv.Routed("bench.example.com", "bench", "b1"))
 	for _, target := range []struct{ name, url string }{{"direct", "http://" + c.Address()}, {"router", r.URL}} {
 		b.Run(target.name, func(b *testing.B) {
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 			defer client.CloseIdleConnections()
-			b.SetParallelism(4)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					req, _ := http.NewRequest(http.MethodGet, target.url+"/", nil)
-					req.Host = "bench.example.com"
-					resp, err := client.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						b.Error(fmt.Sprint("status ", resp.StatusCode))
-						return
-					}
-				}
-			})
+			hammer(b, client, target.url+"/")
 		})
 	}
 }
@@ -112,13 +124,7 @@ func BenchmarkShaping(b *testing.B) {
 	on := testenv.StartRouterConfig(b, n.Connect(b), routing.Config{Region: region, Shaping: shaping.Limits{Rate: 1e15, Burst: 1e15}})
 	pub := n.Publisher(b, region)
 	c := testenv.StartContainer(b, "bench", "b1")
-	ctx := context.Background()
-	if err := pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}); err != nil {
-		b.Fatal(err)
-	}
-	if err := pub.Deploy(ctx, "bench", 2, testenv.Containers(c)); err != nil {
-		b.Fatal(err)
-	}
+	deployBench(b, pub, c)
 	for _, r := range []*testenv.Router{off, on} {
 		r.WaitRoutes(b, "deployed", testenv.Routed("bench.example.com", "bench", "b1"))
 	}
@@ -135,26 +141,24 @@ func BenchmarkShaping(b *testing.B) {
 				client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 				defer client.CloseIdleConnections()
 				b.SetBytes(load.size)
-				b.SetParallelism(4)
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						req, _ := http.NewRequest(http.MethodGet, r.r.URL+load.path, nil)
-						req.Host = "bench.example.com"
-						resp, err := client.Do(req)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						_, _ = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode != http.StatusOK {
-							b.Error(fmt.Sprint("status ", resp.StatusCode))
-							return
-						}
-					}
-				})
+				hammer(b, client, r.r.URL+load.path)
 			})
 		}
+	}
+}
+
+// waitCertApplied waits until r serves a certificate for domain.
+func waitCertApplied(b *testing.B, r *testenv.Router, domain string) {
+	b.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		if _, ok := r.Certs().Lookup(domain); ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("certificate never applied")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -176,16 +180,7 @@ func BenchmarkHandshake(b *testing.B) {
 		if err := pub.Cert(context.Background(), domain, 1, chain, pem); err != nil {
 			b.Fatal(err)
 		}
-		deadline := time.Now().Add(testenv.Timeout)
-		for {
-			if _, ok := r.Certs().Lookup(domain); ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatal("certificate never applied")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitCertApplied(b, r, domain)
 		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: domain, ClientSessionCache: nil}
 		b.Run(key.name, func(b *testing.B) {
 			b.SetParallelism(2)
@@ -213,17 +208,12 @@ func BenchmarkHTTPS(b *testing.B) {
 	pub := n.Publisher(b, region)
 	ca := testenv.NewCA(b)
 	c := testenv.StartContainer(b, "bench", "b1")
-	ctx := context.Background()
+	deployBench(b, pub, c)
 	chain, key := ca.Issue(b, testenv.CertOptions{}, "bench.example.com")
-	for _, err := range []error{
-		pub.Domains(ctx, "bench", 1, []string{"bench.example.com"}),
-		pub.Deploy(ctx, "bench", 2, testenv.Containers(c)),
-		pub.Cert(ctx, "bench.example.com", 3, chain, key),
-	} {
-		if err != nil {
-			b.Fatal(err)
-		}
+	if err := pub.Cert(context.Background(), "bench.example.com", 3, chain, key); err != nil {
+		b.Fatal(err)
 	}
+	waitCertApplied(b, r, "bench.example.com")
 	r.WaitRoutes(b, "deployed", testenv.Routed("bench.example.com", "bench", "b1"))
 	for _, mode := range []struct {
 		name, url string
@@ -237,24 +227,7 @@ func BenchmarkHTTPS(b *testing.B) {
 			}
 			client := &http.Client{Transport: tr}
 			defer client.CloseIdleConnections()
-			b.SetParallelism(4)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					req, _ := http.NewRequest(http.MethodGet, mode.url+"/", nil)
-					req.Host = "bench.example.com"
-					resp, err := client.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						b.Error(fmt.Sprint("status ", resp.StatusCode))
-						return
-					}
-				}
-			})
+			hammer(b, client, mode.url+"/")
 		})
 	}
 }

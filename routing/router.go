@@ -103,13 +103,15 @@ type Config struct {
 	Logger zerolog.Logger
 }
 
+// def sets *p to v unless *p is positive.
+func def(p *time.Duration, v time.Duration) {
+	if *p <= 0 {
+		*p = v
+	}
+}
+
 // setTimeouts applies the defaults of the durations the transport uses.
 func (c *Config) setTimeouts() {
-	def := func(p *time.Duration, v time.Duration) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
 	def(&c.ConnectTimeout, 5*time.Second)
 	def(&c.ResponseTimeout, 30*time.Second)
 	def(&c.IdleTimeout, 60*time.Second)
@@ -117,11 +119,6 @@ func (c *Config) setTimeouts() {
 
 func (c *Config) setDefaults() {
 	c.setTimeouts()
-	def := func(p *time.Duration, v time.Duration) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = ":80"
 	}
@@ -202,27 +199,24 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	}
 	errLog := log.New(logWriter{cfg.Logger.With().Str("component", "http").Logger()}, "", 0)
 	r := &Router{cfg: cfg, table: table, events: sub, peers: peers, proxy: NewProxy(table, cfg), certs: certs}
-	r.http = &http.Server{
-		Handler:           r.proxy,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       cfg.KeepAliveTimeout,
-		// The proxy answers a header block over MaxHeaderBytes with its
-		// own 431; the server cuts off only far larger ones.
-		MaxHeaderBytes: 2 * cfg.MaxHeaderBytes,
-		ErrorLog:       errLog,
-	}
-	if cfg.HTTPSAddr != "off" {
-		r.https = &http.Server{
+	server := func() *http.Server {
+		return &http.Server{
 			Handler:           r.proxy,
 			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 			IdleTimeout:       cfg.KeepAliveTimeout,
-			MaxHeaderBytes:    2 * cfg.MaxHeaderBytes,
-			ErrorLog:          errLog,
-			TLSConfig: &tls.Config{
-				MinVersion:     tls.VersionTLS12,
-				GetCertificate: certs.GetCertificate,
-				NextProtos:     []string{"h2", "http/1.1"},
-			},
+			// The proxy answers a header block over MaxHeaderBytes with
+			// its own 431; the server cuts off only far larger ones.
+			MaxHeaderBytes: 2 * cfg.MaxHeaderBytes,
+			ErrorLog:       errLog,
+		}
+	}
+	r.http = server()
+	if cfg.HTTPSAddr != "off" {
+		r.https = server()
+		r.https.TLSConfig = &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: certs.GetCertificate,
+			NextProtos:     []string{"h2", "http/1.1"},
 		}
 	}
 	r.admin = &http.Server{

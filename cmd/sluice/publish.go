@@ -24,6 +24,7 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 	return func(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
 		region := fs.String("region", defaultRegion, "region whose routers receive the event")
 		natsURL := fs.String("nats", nats.DefaultURL, "NATS URL, comma-separated for a cluster")
+		auth := natsAuthFlags(fs)
 		app := fs.String("app", "", "app name (required)")
 		gen := fs.Uint64("generation", 0, "the app's generation; must grow with each event of the app (default: the current time in microseconds)")
 		timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
@@ -68,15 +69,7 @@ func publishFlags(kind events.Kind) func(fs *flag.FlagSet) func(context.Context,
 				}
 				ev.Containers = append(ev.Containers, events.Container{ID: id, Address: addr})
 			}
-			if err := events.ValidateRegion(*region); err != nil {
-				return usageError{err}
-			}
-			if err := ev.Validate(); err != nil {
-				return usageError{err}
-			}
-			ctx, cancel := context.WithTimeout(ctx, *timeout)
-			defer cancel()
-			if err := publish(ctx, *natsURL, *region, *timeout, ev); err != nil {
+			if err := publish(ctx, *natsURL, auth, *region, *timeout, ev); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "published %s of app %s at generation %d to region %s\n", ev.Kind, ev.App, ev.Generation, *region)
@@ -97,6 +90,7 @@ func given(fs *flag.FlagSet, name string) bool {
 func certFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) error {
 	region := fs.String("region", defaultRegion, "region whose routers serve the certificate")
 	natsURL := fs.String("nats", nats.DefaultURL, "NATS URL, comma-separated for a cluster")
+	auth := natsAuthFlags(fs)
 	domain := fs.String("domain", "", "the domain the certificate is for, e.g. shop.example.com or *.example.com (required)")
 	certFile := fs.String("cert", "", "PEM file of the certificate chain, leaf first")
 	keyFile := fs.String("key", "", "PEM file of its private key")
@@ -127,15 +121,7 @@ func certFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) err
 			}
 			ev.Kind, ev.Cert, ev.Key = events.KindCert, string(chain), string(key)
 		}
-		if err := events.ValidateRegion(*region); err != nil {
-			return usageError{err}
-		}
-		if err := ev.Validate(); err != nil {
-			return usageError{err}
-		}
-		ctx, cancel := context.WithTimeout(ctx, *timeout)
-		defer cancel()
-		if err := publish(ctx, *natsURL, *region, *timeout, ev); err != nil {
+		if err := publish(ctx, *natsURL, auth, *region, *timeout, ev); err != nil {
 			return err
 		}
 		what := "certificate"
@@ -147,8 +133,41 @@ func certFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) err
 	}
 }
 
-func publish(ctx context.Context, url, region string, timeout time.Duration, ev events.Event) error {
-	nc, err := nats.Connect(url, nats.Name("sluice-cli"), nats.Timeout(min(timeout, 3*time.Second)), nats.NoReconnect())
+// natsAuth is how a command authenticates to NATS and checks its
+// certificate.
+type natsAuth struct{ creds, ca string }
+
+func natsAuthFlags(fs *flag.FlagSet) *natsAuth {
+	a := &natsAuth{}
+	fs.StringVar(&a.creds, "nats-creds", "", "NATS credentials file (user JWT and NKey seed)")
+	fs.StringVar(&a.ca, "nats-ca", "", "PEM file of the CA that signed the NATS servers' certificates (for tls:// URLs)")
+	return a
+}
+
+func (a *natsAuth) options() []nats.Option {
+	var opts []nats.Option
+	if a.creds != "" {
+		opts = append(opts, nats.UserCredentials(a.creds))
+	}
+	if a.ca != "" {
+		opts = append(opts, nats.RootCAs(a.ca))
+	}
+	return opts
+}
+
+// publish validates ev (a usage error if invalid: nothing is sent) and
+// stores it in region's stream, within timeout.
+func publish(ctx context.Context, url string, auth *natsAuth, region string, timeout time.Duration, ev events.Event) error {
+	if err := events.ValidateRegion(region); err != nil {
+		return usageError{err}
+	}
+	if err := ev.Validate(); err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	opts := append([]nats.Option{nats.Name("sluice-cli"), nats.Timeout(min(timeout, 3*time.Second)), nats.NoReconnect()}, auth.options()...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return fmt.Errorf("cannot reach NATS at %s: %w", url, err)
 	}

@@ -25,6 +25,7 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 	var cfg routing.Config
 	fs.StringVar(&cfg.Region, "region", defaultRegion, "region whose events this router follows")
 	natsURL := fs.String("nats", "", "URL of an existing NATS, comma-separated for a cluster (default: run an embedded NATS)")
+	auth := natsAuthFlags(fs)
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS listens for publishers")
 	dataDir := fs.String("data-dir", "sluice-data", "where the embedded NATS keeps its JetStream store")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":80", "where plain HTTP is served")
@@ -86,7 +87,7 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 			}
 			cfg.ShapingPeers = n
 		}
-		nc, stopNATS, err := connect(*natsURL, *natsListen, *dataDir, logger)
+		nc, stopNATS, err := connect(*natsURL, auth, *natsListen, *dataDir, logger)
 		if err != nil {
 			return err
 		}
@@ -112,7 +113,7 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 // connect returns a connection to the region's NATS: the one at url, or an
 // embedded server started on listen with its store in dataDir. The returned
 // func closes the connection and stops the embedded server.
-func connect(url, listen, dataDir string, logger zerolog.Logger) (*nats.Conn, func(), error) {
+func connect(url string, auth *natsAuth, listen, dataDir string, logger zerolog.Logger) (*nats.Conn, func(), error) {
 	log := logger.With().Str("component", "nats").Logger()
 	opts := []nats.Option{
 		nats.Name("sluice-router"),
@@ -129,6 +130,7 @@ func connect(url, listen, dataDir string, logger zerolog.Logger) (*nats.Conn, fu
 	if url != "" {
 		// A router starts even while NATS is down: it serves nothing until
 		// the region's state loads, and keeps retrying.
+		opts = append(opts, auth.options()...)
 		nc, err := nats.Connect(url, append(opts, nats.RetryOnFailedConnect(true))...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("NATS at %s: %w", url, err)
