@@ -82,13 +82,14 @@ type sniListener struct {
 	proxy   *Proxy
 	timeout time.Duration // bound on reading the ClientHello
 	conns   chan net.Conn
-	done    chan struct{}
+	done    chan struct{} // closed by Close: no more connections
+	relays  chan struct{} // closed by stopRelays: relayed connections end
 	once    sync.Once
 	wg      sync.WaitGroup // connection goroutines
 }
 
 func newSNIListener(ln net.Listener, p *Proxy, timeout time.Duration) *sniListener {
-	l := &sniListener{Listener: ln, proxy: p, timeout: timeout, conns: make(chan net.Conn), done: make(chan struct{})}
+	l := &sniListener{Listener: ln, proxy: p, timeout: timeout, conns: make(chan net.Conn), done: make(chan struct{}), relays: make(chan struct{})}
 	l.wg.Go(l.acceptLoop)
 	return l
 }
@@ -118,7 +119,7 @@ func (l *sniListener) sort(conn net.Conn) {
 		return
 	}
 	if app, ok := l.proxy.table.Snapshot().Lookup(name); ok && app.Options.TLSPassthrough {
-		l.proxy.relay(conn, hello, name, app, l.done)
+		l.proxy.relay(conn, hello, name, app, l.relays)
 		return
 	}
 	select {
@@ -137,8 +138,7 @@ func (l *sniListener) Accept() (net.Conn, error) {
 	}
 }
 
-// Close stops accepting; relayed connections end when their stop channel
-// closes.
+// Close stops accepting; relayed connections go on until stopRelays.
 func (l *sniListener) Close() error {
 	var err error
 	l.once.Do(func() {
@@ -147,6 +147,9 @@ func (l *sniListener) Close() error {
 	})
 	return err
 }
+
+// stopRelays closes the relayed connections still open.
+func (l *sniListener) stopRelays() { close(l.relays) }
 
 // wait waits for the goroutines of the listener's connections.
 func (l *sniListener) wait() { l.wg.Wait() }
@@ -168,6 +171,8 @@ func (p *Proxy) relay(client net.Conn, hello []byte, name string, app *App, stop
 		case <-ctx.Done():
 		}
 	}()
+	// When the router stops, both ends are closed, which ends the copies.
+	defer context.AfterFunc(ctx, func() { client.Close() })()
 	var backend net.Conn
 	var err error
 	for {
@@ -188,6 +193,7 @@ func (p *Proxy) relay(client net.Conn, hello []byte, name string, app *App, stop
 	defer x.drop()
 	backend = newIdleConn(backend, p.cfg.IdleTimeout)
 	defer backend.Close()
+	defer context.AfterFunc(ctx, func() { backend.Close() })()
 	var up, down io.Reader = client, backend
 	if b := x.container.Bucket(); b != nil {
 		x.up, x.down = b.Pacer(ctx, shaping.Upload), b.Pacer(ctx, shaping.Download)

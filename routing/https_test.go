@@ -340,6 +340,20 @@ func TestTLSPassthrough(t *testing.T) {
 	if st := app.Containers[0].Bucket().Stats(); st.Download.Bytes == 0 || st.Upload.Bytes == 0 {
 		t.Fatalf("the relayed bytes were not charged to the container's bucket: %+v", st)
 	}
+
+	// A relayed connection left open does not hold the router's shutdown.
+	open, err := tls.Dial("tcp", w.r.HTTPSAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "secure.example.com"})
+	must(t, err)
+	defer open.Close()
+	start := time.Now()
+	w.r.Stop(t)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the router took %v to stop with a relayed connection open", d)
+	}
+	must(t, open.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+	if _, err := open.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the relayed connection is still open after the router stopped")
+	}
 }
 
 func TestIPv6(t *testing.T) {

@@ -344,7 +344,9 @@ func (r *Router) Run(ctx context.Context) error {
 			errs = append(errs, s.Shutdown(shutdownCtx))
 		}
 		if r.httpsLn != nil {
+			// Relayed connections had the same time as requests to end.
 			r.httpsLn.Close()
+			r.httpsLn.stopRelays()
 			r.httpsLn.wait()
 		}
 		return errors.Join(errs...)
