@@ -60,9 +60,11 @@ func NewTransport(cfg Config) *http.Transport {
 			}
 			return newIdleConn(c, cfg.IdleTimeout), nil
 		},
-		MaxIdleConns:          0, // no global limit
-		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConns:        0, // no global limit
+		MaxIdleConnsPerHost: 128,
+		// Idle pooled connections are closed by the pool before the
+		// rolling idle deadline could fire on one being reused.
+		IdleConnTimeout:       cfg.IdleTimeout / 2,
 		ResponseHeaderTimeout: cfg.ResponseTimeout,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
