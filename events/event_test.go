@@ -14,7 +14,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{Kind: KindRestart, App: "my-app", Generation: 43, Containers: []Container{{ID: "web-4", Address: "10.0.0.2:31000"}}, Rate: 40_000_000, Burst: 3_200_000_000},
 		{Kind: KindScale, App: "my-app", Generation: 44, Containers: []Container{}},
 		{Kind: KindDomains, App: "my-app", Generation: 45, Domains: []string{"my-app.osc-fr1.example.com", "*.example.org", "xn--caf-dma.example.com"},
-			Options: AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html"},
+			Options:   AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html"},
 			ClaimedAt: map[string]int64{"my-app.osc-fr1.example.com": 1, "*.example.org": MaxClaimedAt}},
 		{Kind: KindDelete, App: "my-app", Generation: MaxGeneration},
 	}
