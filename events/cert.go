@@ -90,7 +90,7 @@ func (ev Event) validateCert(now time.Time) error {
 		return fmt.Errorf("%w: a certificate belongs to a domain, not to app %q", ErrInvalid, ev.App)
 	case ev.Generation == 0 || ev.Generation > MaxGeneration:
 		return fmt.Errorf("%w: generation %d out of range 1..%d", ErrInvalid, ev.Generation, uint64(MaxGeneration))
-	case ev.Containers != nil || ev.Domains != nil || ev.Rate != 0 || ev.Burst != 0 || ev.Options != (AppOptions{}):
+	case ev.Containers != nil || ev.Domains != nil || ev.Rate != 0 || ev.Burst != 0 || ev.Options != (AppOptions{}) || ev.ClaimedAt != nil:
 		return fmt.Errorf("%w: %s event with app fields", ErrInvalid, ev.Kind)
 	}
 	if ev.Kind == KindCertDelete {

@@ -29,6 +29,7 @@ const (
 	MaxContainerID  = 128
 	MaxDomainLen    = 253
 	MaxGeneration   = 1<<53 - 1 // exact in every JSON implementation
+	MaxClaimedAt    = 1<<53 - 1 // unix milliseconds, exact in JSON
 	maxAddressLen   = 262       // a maximal name, a colon and a port
 	maxDomainLabels = 127
 )
@@ -107,6 +108,12 @@ type Event struct {
 	Rate, Burst int64
 	// Options are how routers serve the app, on domains events only.
 	Options AppOptions
+	// ClaimedAt tells, on domains events only, when the app first claimed
+	// each of its domains, in unix milliseconds (1..MaxClaimedAt); its
+	// keys are among Domains. A domain without an entry ranks after every
+	// domain with one when two apps claim it (see docs/events.md).
+	// Publisher fills it.
+	ClaimedAt map[string]int64
 	// Domain is the domain a certificate event is about (App is empty).
 	Domain string
 	// Cert is the PEM certificate chain, leaf first, and Key its PEM
@@ -155,23 +162,24 @@ const MaxErrorPageURL = 2048
 // containers and domains must be present, even empty, where the kind needs
 // them, so a misspelt field never reads as "zero containers".
 type wire struct {
-	V          *int         `json:"v"`
-	Kind       Kind         `json:"kind"`
-	App        string       `json:"app"`
-	Generation *uint64      `json:"generation"`
-	Containers *[]Container `json:"containers,omitempty"`
-	Domains    *[]string    `json:"domains,omitempty"`
-	Rate       int64        `json:"rate,omitempty"`
-	Burst      int64        `json:"burst,omitempty"`
-	Balance    Balance      `json:"balance,omitempty"`
-	Sticky     bool         `json:"sticky,omitempty"`
-	ErrorPage  string       `json:"error_page,omitempty"`
-	ForceHTTPS bool         `json:"force_https,omitempty"`
-	Canonical  string       `json:"canonical,omitempty"`
-	Passthru   bool         `json:"tls_passthrough,omitempty"`
-	Domain     string       `json:"domain,omitempty"`
-	Cert       string       `json:"cert,omitempty"`
-	Key        string       `json:"key,omitempty"`
+	V          *int             `json:"v"`
+	Kind       Kind             `json:"kind"`
+	App        string           `json:"app"`
+	Generation *uint64          `json:"generation"`
+	Containers *[]Container     `json:"containers,omitempty"`
+	Domains    *[]string        `json:"domains,omitempty"`
+	Rate       int64            `json:"rate,omitempty"`
+	Burst      int64            `json:"burst,omitempty"`
+	Balance    Balance          `json:"balance,omitempty"`
+	Sticky     bool             `json:"sticky,omitempty"`
+	ErrorPage  string           `json:"error_page,omitempty"`
+	ForceHTTPS bool             `json:"force_https,omitempty"`
+	Canonical  string           `json:"canonical,omitempty"`
+	Passthru   bool             `json:"tls_passthrough,omitempty"`
+	ClaimedAt  map[string]int64 `json:"claimed_at,omitempty"`
+	Domain     string           `json:"domain,omitempty"`
+	Cert       string           `json:"cert,omitempty"`
+	Key        string           `json:"key,omitempty"`
 }
 
 // Encode validates ev and returns its JSON form.
@@ -198,6 +206,7 @@ func Encode(ev Event) ([]byte, error) {
 		o := ev.Options
 		w.Balance, w.Sticky, w.ErrorPage = o.Balance, o.Sticky, o.ErrorPage
 		w.ForceHTTPS, w.Canonical, w.Passthru = o.ForceHTTPS, o.Canonical, o.TLSPassthrough
+		w.ClaimedAt = ev.ClaimedAt
 	}
 	return json.Marshal(w)
 }
@@ -260,7 +269,7 @@ func decodePayload(data []byte) (Event, error) {
 	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst,
 		Options: AppOptions{Balance: w.Balance, Sticky: w.Sticky, ErrorPage: w.ErrorPage,
 			ForceHTTPS: w.ForceHTTPS, Canonical: w.Canonical, TLSPassthrough: w.Passthru},
-		Domain: w.Domain, Cert: w.Cert, Key: w.Key}
+		ClaimedAt: w.ClaimedAt, Domain: w.Domain, Cert: w.Cert, Key: w.Key}
 	aspect := w.Kind.Aspect()
 	switch {
 	case aspect == AspectContainers && w.Containers == nil:
@@ -271,6 +280,8 @@ func decodePayload(data []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: %s event with containers", ErrInvalid, w.Kind)
 	case aspect != AspectDomains && w.Domains != nil:
 		return Event{}, fmt.Errorf("%w: %s event with domains", ErrInvalid, w.Kind)
+	case aspect != AspectDomains && w.ClaimedAt != nil:
+		return Event{}, fmt.Errorf("%w: %s event with claimed_at (domains events only)", ErrInvalid, w.Kind)
 	}
 	if w.Containers != nil {
 		ev.Containers = *w.Containers
@@ -306,6 +317,9 @@ func (ev Event) Validate() error {
 	if aspect != AspectDomains && ev.Options != (AppOptions{}) {
 		return fmt.Errorf("%w: %s event with app options (domains events only)", ErrInvalid, ev.Kind)
 	}
+	if aspect != AspectDomains && ev.ClaimedAt != nil {
+		return fmt.Errorf("%w: %s event with claimed_at (domains events only)", ErrInvalid, ev.Kind)
+	}
 	switch aspect {
 	case AspectContainers:
 		if err := validateAllowance(ev.Rate, ev.Burst); err != nil {
@@ -319,7 +333,24 @@ func (ev Event) Validate() error {
 		if c := ev.Options.Canonical; c != "" && !slices.Contains(ev.Domains, c) {
 			return fmt.Errorf("%w: canonical domain %q is not one of the app's domains", ErrInvalid, c)
 		}
-		return validateDomains(ev.Domains)
+		if err := validateDomains(ev.Domains); err != nil {
+			return err
+		}
+		return validateClaimedAt(ev.ClaimedAt, ev.Domains)
+	}
+	return nil
+}
+
+// validateClaimedAt checks that every entry of claimedAt is about one of
+// domains and holds a time in 1..MaxClaimedAt.
+func validateClaimedAt(claimedAt map[string]int64, domains []string) error {
+	for d, at := range claimedAt {
+		if !slices.Contains(domains, d) {
+			return fmt.Errorf("%w: claimed_at of %q, which is not one of the event's domains", ErrInvalid, d)
+		}
+		if at < 1 || at > MaxClaimedAt {
+			return fmt.Errorf("%w: claimed_at of %q is %d, out of range 1..%d (unix milliseconds)", ErrInvalid, d, at, int64(MaxClaimedAt))
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +14,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{Kind: KindRestart, App: "my-app", Generation: 43, Containers: []Container{{ID: "web-4", Address: "10.0.0.2:31000"}}, Rate: 40_000_000, Burst: 3_200_000_000},
 		{Kind: KindScale, App: "my-app", Generation: 44, Containers: []Container{}},
 		{Kind: KindDomains, App: "my-app", Generation: 45, Domains: []string{"my-app.osc-fr1.example.com", "*.example.org", "xn--caf-dma.example.com"},
-			Options: AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html"}},
+			Options:   AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html"},
+			ClaimedAt: map[string]int64{"my-app.osc-fr1.example.com": 1, "*.example.org": MaxClaimedAt}},
 		{Kind: KindDelete, App: "my-app", Generation: MaxGeneration},
 	}
 	for _, ev := range evs {
@@ -28,7 +30,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			}
 			if got.Kind != ev.Kind || got.App != ev.App || got.Generation != ev.Generation ||
 				!slices.Equal(got.Containers, ev.Containers) || !slices.Equal(got.Domains, ev.Domains) ||
-				got.Rate != ev.Rate || got.Burst != ev.Burst || got.Options != ev.Options {
+				got.Rate != ev.Rate || got.Burst != ev.Burst || got.Options != ev.Options || !maps.Equal(got.ClaimedAt, ev.ClaimedAt) {
 				t.Fatalf("round trip: got %+v, want %+v", got, ev)
 			}
 		})
@@ -42,6 +44,26 @@ func TestEncodeWritesEmptySets(t *testing.T) {
 	}
 	if got, want := string(data), `{"v":1,"kind":"scale","app":"a","generation":1,"containers":[]}`; got != want {
 		t.Fatalf("Encode = %s, want %s", got, want)
+	}
+}
+
+func TestEncodeWritesClaimedAt(t *testing.T) {
+	ev := Event{Kind: KindDomains, App: "a", Generation: 2, Domains: []string{"b.example.com", "a.example.com"},
+		ClaimedAt: map[string]int64{"b.example.com": 1700000000000, "a.example.com": 1600000000000}}
+	data, err := Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keys in a fixed order, so that publishing the same event twice
+	// gives the same bytes.
+	want := `{"v":1,"kind":"domains","app":"a","generation":2,"domains":["b.example.com","a.example.com"],"claimed_at":{"a.example.com":1600000000000,"b.example.com":1700000000000}}`
+	if got := string(data); got != want {
+		t.Fatalf("Encode = %s, want %s", got, want)
+	}
+	// Without it (a publisher in another language), the field is absent.
+	ev.ClaimedAt = nil
+	if data, err = Encode(ev); err != nil || strings.Contains(string(data), "claimed_at") {
+		t.Fatalf("Encode without claimed_at = %s, %v", data, err)
 	}
 }
 
@@ -93,6 +115,11 @@ func TestValidateRejects(t *testing.T) {
 		{"ftp error page", Event{Kind: KindDomains, App: "a", Generation: 1, Options: AppOptions{ErrorPage: "ftp://x.example.com/e.html"}}, "http"},
 		{"options on deploy", Event{Kind: KindDeploy, App: "a", Generation: 1, Options: AppOptions{Sticky: true}}, "domains events only"},
 		{"dup domain", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com", "a.com"}}, "twice"},
+		{"claimed_at of another domain", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com"}, ClaimedAt: map[string]int64{"b.com": 1}}, "not one of the event's domains"},
+		{"claimed_at zero", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com"}, ClaimedAt: map[string]int64{"a.com": 0}}, "out of range"},
+		{"claimed_at negative", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com"}, ClaimedAt: map[string]int64{"a.com": -5}}, "out of range"},
+		{"claimed_at too big", Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"a.com"}, ClaimedAt: map[string]int64{"a.com": MaxClaimedAt + 1}}, "out of range"},
+		{"claimed_at on delete", Event{Kind: KindDelete, App: "a", Generation: 1, ClaimedAt: map[string]int64{}}, "domains events only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -118,6 +145,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"float generation", subj, `{"v":1,"kind":"deploy","app":"a","generation":1.5,"containers":[]}`, "malformed"},
 		{"no generation", subj, `{"v":1,"kind":"deploy","app":"a","containers":[]}`, "no generation"},
 		{"delete with containers", Subject("r1", "a", AspectDelete), `{"v":1,"kind":"delete","app":"a","generation":1,"containers":[]}`, "with containers"},
+		{"claimed_at on deploy", subj, `{"v":1,"kind":"deploy","app":"a","generation":1,"containers":[],"claimed_at":{}}`, "claimed_at"},
+		{"claimed_at of an unlisted domain", Subject("r1", "a", AspectDomains), `{"v":1,"kind":"domains","app":"a","generation":1,"domains":["a.com"],"claimed_at":{"a.com":5,"b.com":6}}`, "not one of the event's domains"},
+		{"float claimed_at", Subject("r1", "a", AspectDomains), `{"v":1,"kind":"domains","app":"a","generation":1,"domains":["a.com"],"claimed_at":{"a.com":1.5}}`, "malformed"},
+		{"claimed_at out of range", Subject("r1", "a", AspectDomains), `{"v":1,"kind":"domains","app":"a","generation":1,"domains":["a.com"],"claimed_at":{"a.com":9007199254740992}}`, "out of range"},
 		{"deploy with domains", subj, `{"v":1,"kind":"deploy","app":"a","generation":1,"containers":[],"domains":[]}`, "with domains"},
 	}
 	for _, tt := range tests {
@@ -133,6 +164,7 @@ func TestDecodeRejects(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add("sluice.osc-fr1.app.my-app.containers", []byte(`{"v":1,"kind":"deploy","app":"my-app","generation":42,"containers":[{"id":"web-1","address":"10.0.0.1:31000"}]}`))
 	f.Add("sluice.osc-fr1.app.my-app.domains", []byte(`{"v":1,"kind":"domains","app":"my-app","generation":43,"domains":["*.example.com","xn--caf-dma.example.com"]}`))
+	f.Add("sluice.osc-fr1.app.my-app.domains", []byte(`{"v":1,"kind":"domains","app":"my-app","generation":44,"domains":["a.example.com"],"claimed_at":{"a.example.com":1700000000000}}`))
 	f.Add("sluice.osc-fr1.app.my-app.delete", []byte(`{"v":1,"kind":"delete","app":"my-app","generation":44}`))
 	f.Add("sluice.osc-fr1.app.x.containers", []byte(`{"v":1,"kind":"scale","app":"x","generation":1,"containers":[{"id":"a","address":"[::1]:1"}]}`))
 	f.Fuzz(func(t *testing.T, subject string, data []byte) {
@@ -152,7 +184,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Encode of a decoded event: %v", err)
 		}
 		ev2, err := Decode(subject, data2)
-		if err != nil || ev2.Generation != ev.Generation || !slices.Equal(ev2.Containers, ev.Containers) || !slices.Equal(ev2.Domains, ev.Domains) {
+		if err != nil || ev2.Generation != ev.Generation || !slices.Equal(ev2.Containers, ev.Containers) || !slices.Equal(ev2.Domains, ev.Domains) || len(ev2.ClaimedAt) != len(ev.ClaimedAt) {
 			t.Fatalf("round trip: %+v, %v", ev2, err)
 		}
 	})

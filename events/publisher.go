@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -26,7 +28,14 @@ const casAttempts = 5
 // event before sending it, and publishes with compare-and-set on the
 // subject's last sequence so that the stream never keeps an older
 // generation over a newer one, whatever the order publishers race in.
+//
+// On a domains event it fills ClaimedAt, which decides who owns a domain two
+// apps claim: a domain the app's previous domains message listed keeps the
+// time given there, a domain new to the app is claimed now.
 type Publisher struct {
+	// Now is the clock new claims are dated by; nil means time.Now.
+	Now func() time.Time
+
 	js     jetstream.JetStream
 	region string
 
@@ -58,7 +67,8 @@ func (p *Publisher) Scale(ctx context.Context, app string, gen uint64, container
 	return p.Publish(ctx, Event{Kind: KindScale, App: app, Generation: gen, Containers: containers})
 }
 
-// Domains publishes that app now owns exactly domains.
+// Domains publishes that app now owns exactly domains, each since the time
+// the app first claimed it (see Publisher).
 func (p *Publisher) Domains(ctx context.Context, app string, gen uint64, domains []string) error {
 	return p.Publish(ctx, Event{Kind: KindDomains, App: app, Generation: gen, Domains: domains})
 }
@@ -83,10 +93,10 @@ func (p *Publisher) Delete(ctx context.Context, app string, gen uint64) error {
 // Publish validates ev and stores it in the region's stream. It returns
 // ErrStale if the stream holds this aspect of the app at a generation at
 // least as high (publishing the very same event again is not an error), and
-// ErrNoStream if the region has no stream.
+// ErrNoStream if the region has no stream. A domains event's ClaimedAt is
+// filled for the domains it gives no time for (see Publisher).
 func (p *Publisher) Publish(ctx context.Context, ev Event) error {
-	data, err := Encode(ev)
-	if err != nil {
+	if err := ev.Validate(); err != nil {
 		return err
 	}
 	st, err := p.eventStream(ctx)
@@ -99,10 +109,17 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 		last, err := st.GetLastMsgForSubject(ctx, subject)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
+			last = nil
 		case err != nil:
 			return fmt.Errorf("read the current state of %s: %w", subject, err)
 		default:
 			lastSeq = last.Sequence
+		}
+		data, err := p.encode(ctx, st, ev, last)
+		if err != nil {
+			return err
+		}
+		if last != nil {
 			if stored, err := decodePayload(last.Data); err == nil && stored.Generation >= ev.Generation {
 				if stored.Generation == ev.Generation && bytes.Equal(last.Data, data) {
 					return nil
@@ -121,6 +138,68 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 		}
 	}
 	return fmt.Errorf("publish %s: other publishers kept changing it, %d attempts", subject, casAttempts)
+}
+
+// encode returns the JSON form of ev. On a domains event, it first dates
+// the claims ev gives no time for: a domain that last, the subject's current
+// message, lists keeps its time there (or, if that message has none, the
+// time the stream stored it, when the claim already stood), unless the app
+// was deleted since; any other domain is claimed now.
+func (p *Publisher) encode(ctx context.Context, st jetstream.Stream, ev Event, last *jetstream.RawStreamMsg) ([]byte, error) {
+	if ev.Kind.Aspect() != AspectDomains || len(ev.ClaimedAt) == len(ev.Domains) {
+		return Encode(ev)
+	}
+	var prev Event
+	if last != nil {
+		stored, err := decodePayload(last.Data)
+		if err == nil && stored.App == ev.App && stored.Kind.Aspect() == AspectDomains {
+			prev = stored
+		}
+	}
+	if prev.Generation != 0 {
+		deleted, err := p.deletedAfter(ctx, st, ev.App, prev.Generation)
+		if err != nil {
+			return nil, err
+		}
+		if deleted {
+			prev = Event{}
+		}
+	}
+	clock := time.Now
+	if p.Now != nil {
+		clock = p.Now
+	}
+	now := clock().UnixMilli()
+	claimedAt := make(map[string]int64, len(ev.Domains))
+	for _, d := range ev.Domains {
+		switch at, ok := ev.ClaimedAt[d]; {
+		case ok:
+			claimedAt[d] = at
+		case prev.ClaimedAt[d] != 0:
+			claimedAt[d] = prev.ClaimedAt[d]
+		case slices.Contains(prev.Domains, d):
+			claimedAt[d] = last.Time.UnixMilli()
+		default:
+			claimedAt[d] = now
+		}
+	}
+	ev.ClaimedAt = claimedAt
+	return Encode(ev)
+}
+
+// deletedAfter reports whether the stream holds a delete of app at a
+// generation above gen: the app's claims up to gen were released.
+func (p *Publisher) deletedAfter(ctx context.Context, st jetstream.Stream, app string, gen uint64) (bool, error) {
+	subject := Subject(p.region, app, AspectDelete)
+	m, err := st.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("read the current state of %s: %w", subject, err)
+	}
+	del, err := decodePayload(m.Data)
+	return err == nil && del.Generation > gen, nil
 }
 
 func (p *Publisher) eventStream(ctx context.Context) (jetstream.Stream, error) {

@@ -3,7 +3,9 @@ package events_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -19,6 +21,14 @@ func ctx(t *testing.T) context.Context {
 
 func lastGeneration(t *testing.T, js jetstream.JetStream, subject string) uint64 {
 	t.Helper()
+	ev, _ := lastEvent(t, js, subject)
+	return ev.Generation
+}
+
+// lastEvent returns the last event of subject in the stream and the time the
+// stream stored it.
+func lastEvent(t *testing.T, js jetstream.JetStream, subject string) (events.Event, time.Time) {
+	t.Helper()
 	st, err := js.Stream(ctx(t), events.StreamName(testenv.Region))
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +41,67 @@ func lastGeneration(t *testing.T, js jetstream.JetStream, subject string) uint64
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ev.Generation
+	return ev, m.Time
+}
+
+// TestPublisherDatesClaims checks that a domain keeps the time its app first
+// claimed it across the app's domains events, since that time decides who
+// owns a domain two apps claim.
+func TestPublisherDatesClaims(t *testing.T) {
+	n := testenv.StartNATS(t)
+	pub := n.Publisher(t, testenv.Region)
+	js := n.JetStream(t)
+	var clock int64
+	pub.Now = func() time.Time { return time.UnixMilli(clock) }
+	subject := events.Subject(testenv.Region, "app", events.AspectDomains)
+	step := func(what string, at int64, publish func() error, want map[string]int64) {
+		t.Helper()
+		clock = at
+		if err := publish(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got, _ := lastEvent(t, js, subject); !maps.Equal(got.ClaimedAt, want) {
+			t.Fatalf("%s: claimed_at %v, want %v", what, got.ClaimedAt, want)
+		}
+	}
+	domains := func(gen uint64, ds ...string) func() error {
+		return func() error { return pub.Domains(ctx(t), "app", gen, ds) }
+	}
+	step("first claims", 1000, domains(1, "a.example.com", "b.example.com"),
+		map[string]int64{"a.example.com": 1000, "b.example.com": 1000})
+	step("a kept, c added", 2000, domains(2, "a.example.com", "c.example.com"),
+		map[string]int64{"a.example.com": 1000, "c.example.com": 2000})
+	step("the same event again", 2500, domains(2, "a.example.com", "c.example.com"),
+		map[string]int64{"a.example.com": 1000, "c.example.com": 2000})
+	step("a released", 3000, domains(3, "c.example.com"),
+		map[string]int64{"c.example.com": 2000})
+	step("a claimed again", 4000, domains(4, "a.example.com", "c.example.com"),
+		map[string]int64{"a.example.com": 4000, "c.example.com": 2000})
+	step("a time given by the caller", 4500, func() error {
+		return pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "app", Generation: 5,
+			Domains: []string{"a.example.com", "c.example.com"}, ClaimedAt: map[string]int64{"a.example.com": 10}})
+	}, map[string]int64{"a.example.com": 10, "c.example.com": 2000})
+	// A delete releases every claim: the app created again claims anew.
+	if err := pub.Delete(ctx(t), "app", 6); err != nil {
+		t.Fatal(err)
+	}
+	step("after a delete", 7000, domains(7, "c.example.com"), map[string]int64{"c.example.com": 7000})
+
+	// A message without claimed_at (another publisher, or an older
+	// sluice): the claims it lists date from when the stream stored it.
+	legacy := events.Subject(testenv.Region, "old", events.AspectDomains)
+	if _, err := js.Publish(ctx(t), legacy, []byte(`{"v":1,"kind":"domains","app":"old","generation":1,"domains":["old.example.com"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, stored := lastEvent(t, js, legacy)
+	clock = 9000
+	if err := pub.Domains(ctx(t), "old", 2, []string{"old.example.com", "new.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := lastEvent(t, js, legacy)
+	if want := map[string]int64{"old.example.com": stored.UnixMilli(), "new.example.com": 9000}; !maps.Equal(got.ClaimedAt, want) {
+		t.Fatalf("after a message without claimed_at: %v, want %v", got.ClaimedAt, want)
+	}
 }
 
 func TestPublisherKeepsNewestGeneration(t *testing.T) {

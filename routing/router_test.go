@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sluice-router/sluice/events"
 	"github.com/sluice-router/sluice/routing"
@@ -406,5 +407,54 @@ func TestReadyzBeforeLoad(t *testing.T) {
 		if rec.Code != tt.want {
 			t.Errorf("ready=%v: /readyz = %d, want %d", tt.ready, rec.Code, tt.want)
 		}
+	}
+}
+
+// TestDomainOwnerAgreesAcrossRouters reproduces the audit of domain
+// ownership: alpha owns shop.example.com, beta's claim is refused, then
+// alpha publishes its domains again, which puts its message after beta's
+// in the stream. A router started afterwards must still give the domain to
+// alpha, as the running one does, and log the conflict.
+func TestDomainOwnerAgreesAcrossRouters(t *testing.T) {
+	n, first, pub := setup(t)
+	var clock int64 = 1_700_000_000_000
+	pub.Now = func() time.Time { clock += 1000; return time.UnixMilli(clock) }
+	a, b := testenv.StartContainer(t, "alpha", "a1"), testenv.StartContainer(t, "beta", "b1")
+	must(t, pub.Deploy(ctx(t), "alpha", 1, testenv.Containers(a)))
+	must(t, pub.Deploy(ctx(t), "beta", 1, testenv.Containers(b)))
+	must(t, pub.Domains(ctx(t), "alpha", 2, []string{"shop.example.com"}))
+	first.WaitRoutes(t, "alpha owns shop", testenv.Routed("shop.example.com", "alpha", "a1"))
+	must(t, pub.Domains(ctx(t), "beta", 2, []string{"shop.example.com", "beta.example.com"}))
+	first.WaitRoutes(t, "beta's other domain", testenv.Routed("beta.example.com", "beta", "b1"))
+	must(t, pub.Domains(ctx(t), "alpha", 3, []string{"shop.example.com", "alpha.example.com"}))
+	first.WaitRoutes(t, "alpha's new domain", testenv.Routed("alpha.example.com", "alpha", "a1"))
+
+	logs := &syncBuffer{}
+	second := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, Logger: zerolog.New(logs)})
+	second.WaitReady(t)
+	second.WaitRoutes(t, "alpha's new domain", testenv.Routed("alpha.example.com", "alpha", "a1"))
+
+	for name, r := range map[string]*testenv.Router{"running router": first, "new router": second} {
+		if _, reply := r.Get(t, "shop.example.com", "/"); reply.App != "alpha" {
+			t.Errorf("%s: shop.example.com answered by %q, want alpha", name, reply.App)
+		}
+		var refused []string
+		for _, app := range status(t, r).Routes {
+			if app.Name == "beta" {
+				refused = app.Refused
+			}
+		}
+		if !slices.Equal(refused, []string{"shop.example.com"}) {
+			t.Errorf("%s: /routes lists beta's refused_domains %v, want [shop.example.com]", name, refused)
+		}
+	}
+	var conflict struct{ Level, Code, Domain, Owner, Refused string }
+	for l := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(l, `"domain_conflict"`) {
+			must(t, json.Unmarshal([]byte(l), &conflict))
+		}
+	}
+	if want := (struct{ Level, Code, Domain, Owner, Refused string }{"warn", "domain_conflict", "shop.example.com", "alpha", "beta"}); conflict != want {
+		t.Errorf("new router's conflict log line: %+v, want %+v\nlog:\n%s", conflict, want, logs.String())
 	}
 }

@@ -1,6 +1,8 @@
 package routing
 
 import (
+	"cmp"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -131,7 +133,30 @@ type Table struct {
 	// reads. Request handlers never take it.
 	mu     sync.Mutex
 	states map[string]*appState
-	claims map[string][]string // domain → apps claiming it, owner first
+	claims map[string][]claimant // domain → its claims, owner first (claimant.compare)
+}
+
+// claimant is one app's claim of a domain.
+type claimant struct {
+	app string
+	at  int64 // when the app first claimed the domain, unix ms; 0: unknown
+}
+
+// compare ranks c against o, claims of the same domain (-1: c first): the
+// earlier claim time first, an unknown time after every known one, then
+// the app name. The rank depends only on the claims, so every router that
+// holds the same messages picks the same owner, whatever order it read
+// them in.
+func (c claimant) compare(o claimant) int {
+	switch {
+	case c.at == o.at:
+		return strings.Compare(c.app, o.app)
+	case c.at == 0:
+		return 1
+	case o.at == 0:
+		return -1
+	}
+	return cmp.Compare(c.at, o.at)
 }
 
 // appState is what the table knows of an app: each aspect with the
@@ -141,7 +166,8 @@ type appState struct {
 	domainsGen    uint64 // 0: no domain set since the last delete
 	deletedGen    uint64
 	containers    []Container
-	domains       []string // claimed, owned or not
+	domains       []string         // claimed, owned or not
+	claimedAt     map[string]int64 // claim time of domains, unix ms; absent: unknown
 	options       events.AppOptions
 	ref           *appRef
 }
@@ -157,7 +183,7 @@ func (st *appState) generation() uint64 {
 // as the container stays in its app's container set; a nil limiter turns
 // shaping off.
 func NewTable(log zerolog.Logger, limiter *shaping.Limiter) *Table {
-	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string][]string{}}
+	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string][]claimant{}}
 	t.cur.Store(&Snapshot{next: make(chan struct{})})
 	return t
 }
@@ -251,7 +277,7 @@ func (s *Snapshot) unroute(domain string, ref *appRef) {
 func (t *Table) build(name string, st *appState) *App {
 	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref, Domains: []string{}}
 	for _, d := range st.domains {
-		if t.claims[d][0] == name {
+		if t.claims[d][0].app == name {
 			a.Domains = append(a.Domains, d)
 		} else {
 			a.Refused = append(a.Refused, d)
@@ -284,7 +310,7 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 			return
 		}
 		st.domainsGen, st.options = ev.Generation, ev.Options
-		t.claim(ev, st, ev.Domains, dirty)
+		t.claim(ev, st, ev.Domains, ev.ClaimedAt, dirty)
 		dirty[ev.App] = true
 	case events.AspectDelete:
 		if ev.Generation <= st.deletedGen {
@@ -300,7 +326,7 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 		}
 		if st.domainsGen <= ev.Generation {
 			st.domainsGen, st.options = 0, events.AppOptions{}
-			t.claim(ev, st, nil, dirty)
+			t.claim(ev, st, nil, nil, dirty)
 		}
 		dirty[ev.App] = true
 	}
@@ -355,38 +381,62 @@ func retire(prev, next []Container) {
 	}
 }
 
-// claim replaces the domains app claims. A domain goes to the first app that
-// claims it and stays with it; a later claim is refused and waits in line,
-// and takes over when the owner lets the domain go.
-func (t *Table) claim(ev events.Event, st *appState, domains []string, dirty map[string]bool) {
+// claim replaces the domains app claims, claimedAt telling when it first
+// claimed each. A domain belongs to the claim that ranks first
+// (claimant.compare), the others are refused and wait in line: with sane
+// clocks, the first app to claim a domain keeps it, also when it publishes
+// its domains again, and the next in line takes over when it lets the
+// domain go. Only the domains whose claim by app changes are visited, so
+// the cost does not grow with the number of apps.
+func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt map[string]int64, dirty map[string]bool) {
 	app := ev.App
 	for _, d := range st.domains {
-		if slices.Contains(domains, d) {
-			continue
-		}
-		line := t.claims[d]
-		i := slices.Index(line, app)
-		line = slices.Delete(slices.Clone(line), i, i+1)
-		if len(line) == 0 {
-			delete(t.claims, d)
-			continue
-		}
-		t.claims[d] = line
-		if i == 0 {
-			dirty[line[0]] = true
-			withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", line[0]).Msg("domain released to the next app claiming it")
+		if !slices.Contains(domains, d) {
+			t.reclaim(ev, d, claimant{}, dirty)
 		}
 	}
 	for _, d := range domains {
-		if slices.Contains(st.domains, d) {
-			continue
-		}
-		t.claims[d] = append(t.claims[d], app)
-		if owner := t.claims[d][0]; owner != app {
-			withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", owner).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
+		if !slices.Contains(st.domains, d) || st.claimedAt[d] != claimedAt[d] {
+			t.reclaim(ev, d, claimant{app: app, at: claimedAt[d]}, dirty)
 		}
 	}
 	st.domains = slices.Clone(domains)
+	st.claimedAt = maps.Clone(claimedAt)
+}
+
+// reclaim replaces the claim of d by ev's app with c (none when c.app is
+// ""), marks the apps whose ownership changes, and logs the outcome.
+func (t *Table) reclaim(ev events.Event, d string, c claimant, dirty map[string]bool) {
+	line := t.claims[d]
+	before := ""
+	if len(line) > 0 {
+		before = line[0].app
+	}
+	line = slices.DeleteFunc(slices.Clone(line), func(o claimant) bool { return o.app == ev.App })
+	if c.app != "" {
+		i, _ := slices.BinarySearchFunc(line, c, claimant.compare)
+		line = slices.Insert(line, i, c)
+	}
+	if len(line) == 0 {
+		delete(t.claims, d)
+		return
+	}
+	t.claims[d] = line
+	after := line[0].app
+	if after != before {
+		dirty[after] = true
+		if before != "" {
+			dirty[before] = true
+		}
+	}
+	switch {
+	case c.app == "" && before == ev.App:
+		withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", after).Msg("domain released to the next app claiming it")
+	case c.app != "" && after != ev.App:
+		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", after).Str("refused", ev.App).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
+	case c.app != "" && before != "" && before != ev.App:
+		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", ev.App).Str("refused", before).Str("code", "domain_conflict").Msg("domain taken over by an earlier claim: the other app's claim is refused")
+	}
 }
 
 // withEvent adds the fields that identify ev to a log event.

@@ -1,8 +1,12 @@
 package routing
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -182,7 +186,7 @@ func applyAll(evs []events.Event) *Snapshot {
 func dump(s *Snapshot) string {
 	out := ""
 	for _, a := range s.Apps() {
-		out += fmt.Sprintf("%s gen=%d domains=%v containers=%v\n", a.Name, a.Generation, a.Domains, ids(a))
+		out += fmt.Sprintf("%s gen=%d domains=%v refused=%v containers=%v\n", a.Name, a.Generation, a.Domains, a.Refused, ids(a))
 	}
 	return out
 }
@@ -213,6 +217,206 @@ func TestDomainConflict(t *testing.T) {
 	tb.Apply([]events.Event{del("second", 3)})
 	if got := owner(tb.Snapshot(), "shop.example.com"); got != "" {
 		t.Fatalf("after delete, shop.example.com owned by %q", got)
+	}
+}
+
+// dated returns a domains event whose domains are claimed at the times
+// given, in unix ms; 0 leaves a domain without a claim time, as a publisher
+// that omits claimed_at does.
+func dated(app string, gen uint64, claims map[string]int64) events.Event {
+	ev := events.Event{Kind: events.KindDomains, App: app, Generation: gen, Domains: slices.Sorted(maps.Keys(claims))}
+	for d, at := range claims {
+		if at != 0 {
+			if ev.ClaimedAt == nil {
+				ev.ClaimedAt = map[string]int64{}
+			}
+			ev.ClaimedAt[d] = at
+		}
+	}
+	return ev
+}
+
+// permutations calls f with every order of evs.
+func permutations(evs []events.Event, f func([]events.Event)) {
+	var walk func(k int)
+	walk = func(k int) {
+		if k == len(evs) {
+			f(evs)
+			return
+		}
+		for i := k; i < len(evs); i++ {
+			evs[k], evs[i] = evs[i], evs[k]
+			walk(k + 1)
+			evs[k], evs[i] = evs[i], evs[k]
+		}
+	}
+	walk(0)
+}
+
+// TestOwnershipOrderIndependent checks that who owns a contested domain
+// depends only on the claims, not on the order a router reads them in: two
+// routers, or a router before and after a restart, agree.
+func TestOwnershipOrderIndependent(t *testing.T) {
+	evs := []events.Event{
+		// zulu claimed shop first, then published its domains again
+		// with one more: both messages, so that some orders read the
+		// newer one first.
+		dated("zulu", 1, map[string]int64{"shop.example.com": 100}),
+		dated("zulu", 3, map[string]int64{"shop.example.com": 100, "extra.example.com": 300}),
+		// bravo's first message had no claim times (an older
+		// publisher); its current one has.
+		dated("bravo", 1, map[string]int64{"shop.example.com": 0, "legacy.example.com": 0}),
+		dated("bravo", 2, map[string]int64{"shop.example.com": 200, "legacy.example.com": 250}),
+		// No claim time: after every dated claim, whatever the name.
+		dated("alpha", 2, map[string]int64{"shop.example.com": 0, "legacy.example.com": 0, "other.example.com": 500}),
+		dated("delta", 2, map[string]int64{"other.example.com": 400}),
+	}
+	want := strings.Join([]string{
+		"alpha gen=2 domains=[] refused=[legacy.example.com other.example.com shop.example.com] containers=[]",
+		"bravo gen=2 domains=[legacy.example.com] refused=[shop.example.com] containers=[]",
+		"delta gen=2 domains=[other.example.com] refused=[] containers=[]",
+		"zulu gen=3 domains=[extra.example.com shop.example.com] refused=[] containers=[]",
+		"",
+	}, "\n")
+	n := 0
+	permutations(evs, func(order []events.Event) {
+		n++
+		if got := dump(applyAll(order)); got != want {
+			t.Fatalf("order %d (%v) gave\n%s\nwant\n%s", n, kinds(order), got, want)
+		}
+	})
+	// All in one batch, as a router loads the stream at start.
+	tb := NewTable(zerolog.Nop(), nil)
+	tb.Apply(evs)
+	if got := dump(tb.Snapshot()); got != want {
+		t.Fatalf("one batch gave\n%s\nwant\n%s", got, want)
+	}
+}
+
+// kinds names the events of evs, for failure messages.
+func kinds(evs []events.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = fmt.Sprintf("%s/%s@%d", ev.App, ev.Kind, ev.Generation)
+	}
+	return out
+}
+
+// TestOwnerKeepsDomainWhenRepublishing reproduces the audit: the owner of a
+// contested domain publishes its domains again, so that its message comes
+// after the refused claim in the stream. The running table and one built
+// from the stream afterwards (the last message of each subject, in stream
+// order) must both give the domain to the owner.
+func TestOwnerKeepsDomainWhenRepublishing(t *testing.T) {
+	live := NewTable(zerolog.Nop(), nil)
+	live.Apply([]events.Event{dated("alpha", 1, map[string]int64{"shop.example.com": 100})})
+	live.Apply([]events.Event{dated("beta", 1, map[string]int64{"shop.example.com": 200})})
+	republished := dated("alpha", 2, map[string]int64{"shop.example.com": 100, "alpha.example.com": 300})
+	live.Apply([]events.Event{republished})
+
+	restarted := NewTable(zerolog.Nop(), nil)
+	restarted.Apply([]events.Event{dated("beta", 1, map[string]int64{"shop.example.com": 200}), republished})
+
+	for name, tb := range map[string]*Table{"running": live, "restarted": restarted} {
+		s := tb.Snapshot()
+		if got := owner(s, "shop.example.com"); got != "alpha" {
+			t.Errorf("%s table: shop.example.com owned by %q, want alpha", name, got)
+		}
+		if b, _ := s.App("beta"); !slices.Equal(b.Refused, []string{"shop.example.com"}) {
+			t.Errorf("%s table: beta refused %v, want [shop.example.com]", name, b.Refused)
+		}
+	}
+}
+
+// TestReleasedDomainGoesToNextClaim checks that when the owner lets a
+// domain go, the earliest remaining claim takes it, whatever order the
+// claims arrived in.
+func TestReleasedDomainGoesToNextClaim(t *testing.T) {
+	tb := NewTable(zerolog.Nop(), nil)
+	tb.Apply([]events.Event{dated("alpha", 1, map[string]int64{"shop.example.com": 100})})
+	tb.Apply([]events.Event{dated("beta", 1, map[string]int64{"shop.example.com": 300})})
+	tb.Apply([]events.Event{dated("gamma", 1, map[string]int64{"shop.example.com": 200})})
+	tb.Apply([]events.Event{dated("zed", 1, map[string]int64{"shop.example.com": 0})})
+	steps := []struct {
+		ev   events.Event
+		want string
+	}{
+		{domains("alpha", 2), "gamma"}, // released: gamma claimed before beta
+		{del("gamma", 2), "beta"},      // deleted
+		{domains("beta", 2, "beta.example.com"), "zed"},
+		{domains("zed", 2), ""},
+	}
+	if got := owner(tb.Snapshot(), "shop.example.com"); got != "alpha" {
+		t.Fatalf("shop.example.com owned by %q, want alpha", got)
+	}
+	for _, st := range steps {
+		tb.Apply([]events.Event{st.ev})
+		if got := owner(tb.Snapshot(), "shop.example.com"); got != st.want {
+			t.Fatalf("after %v: shop.example.com owned by %q, want %q", kinds([]events.Event{st.ev}), got, st.want)
+		}
+	}
+}
+
+// TestClaimRank checks the rank of two claims of one domain, whichever the
+// table reads first.
+func TestClaimRank(t *testing.T) {
+	tests := []struct {
+		name      string
+		a, b      int64 // claim times of apps "a-app" and "b-app"; 0: none
+		wantOwner string
+		wantLoser string
+	}{
+		{"earlier wins", 200, 100, "b-app", "a-app"},
+		{"undated loses to dated", 0, 900, "b-app", "a-app"},
+		{"dated wins over undated", 900, 0, "a-app", "b-app"},
+		{"tie by app name", 500, 500, "a-app", "b-app"},
+		{"both undated: by app name", 0, 0, "a-app", "b-app"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := dated("a-app", 1, map[string]int64{"shop.example.com": tt.a})
+			b := dated("b-app", 1, map[string]int64{"shop.example.com": tt.b})
+			for _, order := range [][]events.Event{{a, b}, {b, a}} {
+				s := applyAll(order)
+				if got := owner(s, "shop.example.com"); got != tt.wantOwner {
+					t.Fatalf("order %v: owner %q, want %q", kinds(order), got, tt.wantOwner)
+				}
+				if l, _ := s.App(tt.wantLoser); !slices.Equal(l.Refused, []string{"shop.example.com"}) {
+					t.Fatalf("order %v: %s refused %v", kinds(order), tt.wantLoser, l.Refused)
+				}
+			}
+		})
+	}
+}
+
+// TestDomainConflictLogged checks the log line an operator alerts on: a
+// refused claim is logged at warn with code domain_conflict and both apps,
+// also when a claim read later takes a domain over.
+func TestDomainConflictLogged(t *testing.T) {
+	var buf bytes.Buffer
+	tb := NewTable(zerolog.New(&buf), nil)
+	tb.Apply([]events.Event{dated("alpha", 1, map[string]int64{"shop.example.com": 100})})
+	tb.Apply([]events.Event{dated("beta", 1, map[string]int64{"shop.example.com": 200})})
+	tb.Apply([]events.Event{dated("aaron", 1, map[string]int64{"shop.example.com": 50})})
+	type line struct {
+		Level, Code, App, Domain, Owner, Refused string
+	}
+	var got []line
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var e line
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		if e.Code == "domain_conflict" {
+			got = append(got, e)
+		}
+	}
+	want := []line{
+		{Level: "warn", Code: "domain_conflict", App: "beta", Domain: "shop.example.com", Owner: "alpha", Refused: "beta"},
+		{Level: "warn", Code: "domain_conflict", App: "aaron", Domain: "shop.example.com", Owner: "aaron", Refused: "alpha"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("conflict log lines:\n%+v\nwant\n%+v\nlog:\n%s", got, want, buf.String())
 	}
 }
 
