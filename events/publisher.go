@@ -103,10 +103,22 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 			return fmt.Errorf("read the current state of %s: %w", subject, err)
 		default:
 			lastSeq = last.Sequence
-			if stored, err := decodePayload(last.Data); err == nil && stored.Generation >= ev.Generation {
-				if stored.Generation == ev.Generation && bytes.Equal(last.Data, data) {
-					return nil
+			stored, err := decodePayload(last.Data)
+			if err == nil && stored.Generation == ev.Generation && bytes.Equal(last.Data, data) {
+				return nil
+			}
+			if err != nil {
+				// Junk on the subject: routers use the newest valid
+				// event before it, which this one must not go under;
+				// the very same event is sent again, to cover the junk.
+				if stored, _, err = newestValid(ctx, st, subject, last.Sequence); err != nil {
+					return fmt.Errorf("read the current state of %s: %w", subject, err)
 				}
+				if again, _ := Encode(stored); bytes.Equal(again, data) {
+					stored.Generation = 0
+				}
+			}
+			if stored.Generation >= ev.Generation {
 				return fmt.Errorf("%w: %s already at generation %d, this event has %d", ErrStale, subject, stored.Generation, ev.Generation)
 			}
 		}

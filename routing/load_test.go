@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sluice-router/sluice/events"
+	"github.com/sluice-router/sluice/routing"
 	"github.com/sluice-router/sluice/testenv"
 )
 
@@ -30,4 +31,57 @@ func TestReadyOnPurgedStream(t *testing.T) {
 	if got := r.Table().Snapshot().Len(); got != 0 {
 		t.Fatalf("purged stream loaded %d apps", got)
 	}
+}
+
+// restartedRouter stops r and starts another router on the same NATS, with
+// its log captured, once it is ready.
+func restartedRouter(t *testing.T, n *testenv.NATS, r *testenv.Router) (*testenv.Router, *testenv.Logs) {
+	t.Helper()
+	r.Stop(t)
+	log, logs := testenv.CaptureLogs(t)
+	r2 := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, Logger: log})
+	r2.WaitReady(t)
+	return r2, logs
+}
+
+// Junk published raw on a subject becomes its last message; a router that
+// starts afterwards rejects it, says why, and uses the newest valid message
+// of the subject instead.
+func TestJunkLastMessageFallsBackOnLoad(t *testing.T) {
+	t.Run("junk on delete keeps the app deleted", func(t *testing.T) {
+		n, r, pub := setup(t)
+		c := testenv.StartContainer(t, "app", "c1")
+		must(t, pub.Domains(ctx(t), "app", 1, []string{"app.example.com"}))
+		must(t, pub.Deploy(ctx(t), "app", 2, testenv.Containers(c)))
+		r.WaitRoutes(t, "deployed", testenv.Routed("app.example.com", "app", "c1"))
+		must(t, pub.Delete(ctx(t), "app", 3))
+		r.WaitRoutes(t, "deleted", func(s *routing.Snapshot) bool { return s.Len() == 0 })
+		subject := events.Subject(region, "app", events.AspectDelete)
+		publishRaw(t, n.JetStream(t), subject, `{"v":1,"kind":"delete","app":"app"}`)
+
+		r2, logs := restartedRouter(t, n, r)
+		if code, _ := errorCode(t, r2, "app.example.com"); code != http.StatusNotFound {
+			t.Fatalf("deleted app answers %d after junk on its delete subject and a restart, want 404", code)
+		}
+		logs.WaitLine(t, "event rejected", map[string]string{"subject": subject, "reason": "no generation"})
+		logs.WaitLine(t, "rejected event replaced by the newest valid event of its subject", map[string]string{"subject": subject})
+	})
+
+	t.Run("junk on containers keeps the last valid containers", func(t *testing.T) {
+		n, r, pub := setup(t)
+		c1, c2 := testenv.StartContainer(t, "app", "c1"), testenv.StartContainer(t, "app", "c2")
+		must(t, pub.Domains(ctx(t), "app", 1, []string{"app.example.com"}))
+		must(t, pub.Deploy(ctx(t), "app", 2, testenv.Containers(c1)))
+		must(t, pub.Scale(ctx(t), "app", 3, testenv.Containers(c1, c2)))
+		r.WaitRoutes(t, "scaled", testenv.Routed("app.example.com", "app", "c1", "c2"))
+		subject := events.Subject(region, "app", events.AspectContainers)
+		publishRaw(t, n.JetStream(t), subject, `{"v":1,"kind":"scale","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1"}]}`)
+
+		r2, logs := restartedRouter(t, n, r)
+		r2.WaitRoutes(t, "last valid containers", testenv.Routed("app.example.com", "app", "c1", "c2"))
+		if _, reply := r2.Get(t, "app.example.com", "/"); reply.App != "app" {
+			t.Fatalf("app not served after junk on its containers subject and a restart: %+v", reply)
+		}
+		logs.WaitLine(t, "event rejected", map[string]string{"subject": subject, "reason": `address "10.0.0.1"`})
+	})
 }
