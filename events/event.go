@@ -174,7 +174,8 @@ type wire struct {
 	Key        string       `json:"key,omitempty"`
 }
 
-// Encode validates ev and returns its JSON form.
+// Encode validates ev and returns its JSON form. An event whose JSON form
+// is over MaxEventSize, which routers would reject, is refused.
 func Encode(ev Event) ([]byte, error) {
 	if err := ev.Validate(); err != nil {
 		return nil, err
@@ -199,7 +200,14 @@ func Encode(ev Event) ([]byte, error) {
 		w.Balance, w.Sticky, w.ErrorPage = o.Balance, o.Sticky, o.ErrorPage
 		w.ForceHTTPS, w.Canonical, w.Passthru = o.ForceHTTPS, o.Canonical, o.TLSPassthrough
 	}
-	return json.Marshal(w)
+	data, err := json.Marshal(w)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	if len(data) > MaxEventSize {
+		return nil, fmt.Errorf("%w: %d bytes of JSON, more than %d", ErrInvalid, len(data), MaxEventSize)
+	}
+	return data, nil
 }
 
 // Decode parses and validates one event received on subject. The subject's

@@ -2,6 +2,7 @@ package events
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -156,4 +157,42 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip: %+v, %v", ev2, err)
 		}
 	})
+}
+
+// An event that passes Validate may still encode to more than MaxEventSize
+// (1000 containers with long ids and host names): Encode refuses it, since
+// every router would reject it.
+func TestEncodeRefusesOversizedEvent(t *testing.T) {
+	containers := func(n int) []Container {
+		cs := make([]Container, n)
+		for i := range cs {
+			cs[i] = Container{
+				ID:      fmt.Sprintf("web-%0120d", i),
+				Address: fmt.Sprintf("node-%d.%s.internal:8080", i, strings.Repeat(strings.Repeat("a", 60)+".", 3)[:182]),
+			}
+		}
+		return cs
+	}
+	for _, tt := range []struct {
+		name string
+		n    int
+		ok   bool
+	}{{"under the limit", 100, true}, {"over the limit", MaxContainers, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := Event{Kind: KindDeploy, App: "big", Generation: 1, Containers: containers(tt.n)}
+			if err := ev.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			data, err := Encode(ev)
+			if tt.ok {
+				if err != nil || len(data) > MaxEventSize {
+					t.Fatalf("Encode: %d bytes, %v; want at most %d bytes", len(data), err, MaxEventSize)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) || data != nil {
+				t.Fatalf("Encode of an oversized event: %d bytes, err %v; want ErrInvalid", len(data), err)
+			}
+		})
+	}
 }

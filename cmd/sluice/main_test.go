@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -68,6 +69,9 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"serve bad default cert", []string{"serve", "--default-cert", "/nonexistent/d.pem"}, "--default-cert"},
 		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
 		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
+		{"zero timeout", []string{"delete", "--app", "a", "--timeout", "0"}, "--timeout 0s: want more than 0"},
+		{"negative timeout", []string{"cert", "--domain", "a.example.com", "--delete", "--timeout", "-1s"}, "--timeout -1s"},
+		{"event over the size limit", hugeDeploy(), "more than 262144"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,6 +85,17 @@ func TestCLIRefusesBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hugeDeploy returns a deploy of 1000 containers with long ids and host
+// names: each is valid, but the event is over events.MaxEventSize.
+func hugeDeploy() []string {
+	args := []string{"deploy", "--app", "big"}
+	host := strings.Repeat(strings.Repeat("h", 60)+".", 3) + "internal"
+	for i := range events.MaxContainers {
+		args = append(args, "--container", fmt.Sprintf("web-%0120d=node-%d.%s:8080", i, i, host))
+	}
+	return args
 }
 
 func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
