@@ -98,16 +98,59 @@ func hugeDeploy() []string {
 	return args
 }
 
+// silentListener accepts TCP connections on a loopback port and never says
+// a word on them, as a wrong service or a hung broker would. It returns its
+// NATS URL; everything stops at cleanup.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return "nats://" + ln.Addr().String()
+}
+
 func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := "nats://" + ln.Addr().String()
+	closed := "nats://" + ln.Addr().String()
 	ln.Close() // nothing listens there now
-	_, stderr, code := sluice(t, noEnv, "delete", "--app", "a", "--nats", url)
-	if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
-		t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+	for _, tt := range []struct {
+		name, url string
+	}{{"closed port", closed}, {"silent listener", silentListener(t)}} {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			_, stderr, code := sluice(t, noEnv, "delete", "--app", "a", "--nats", tt.url, "--timeout", "1s")
+			if took := time.Since(start); took > 2500*time.Millisecond {
+				t.Errorf("took %v with --timeout 1s, want under 2.5s", took)
+			}
+			if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
+				t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+			}
+		})
 	}
 }
 
