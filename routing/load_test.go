@@ -85,3 +85,25 @@ func TestJunkLastMessageFallsBackOnLoad(t *testing.T) {
 		logs.WaitLine(t, "event rejected", map[string]string{"subject": subject, "reason": `address "10.0.0.1"`})
 	})
 }
+
+// A starting router applies the stored state in batches: loading N events
+// publishes far fewer than N versions of the route table.
+func TestFirstLoadIsCoalesced(t *testing.T) {
+	const apps = 100 // two events each
+	n := testenv.StartNATS(t)
+	pub := n.Publisher(t, region)
+	for i := range apps {
+		app := "app-" + itoa(i)
+		must(t, pub.Domains(ctx(t), app, 1, []string{app + ".example.com"}))
+		must(t, pub.Deploy(ctx(t), app, 2, []events.Container{{ID: "c1", Address: "127.0.0.1:" + itoa(1000+i)}}))
+	}
+	r := testenv.StartRouter(t, n.Connect(t), region)
+	r.WaitReady(t)
+	s := r.Table().Snapshot()
+	if s.Len() != apps {
+		t.Fatalf("loaded %d apps, want %d", s.Len(), apps)
+	}
+	if got, most := s.Version(), uint64(2*apps/10); got > most {
+		t.Fatalf("loading %d events published %d table versions, want at most %d", 2*apps, got, most)
+	}
+}

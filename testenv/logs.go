@@ -47,8 +47,8 @@ func (l *Logs) String() string {
 }
 
 // Lines returns the decoded lines whose message is msg and whose fields
-// include every field of with (compared as strings; a field of with is
-// matched as a substring of the line's).
+// include every field of with: a string field contains the value given, any
+// other field is equal to it in JSON (e.g. "seq": "12").
 func (l *Logs) Lines(msg string, with map[string]string) []map[string]any {
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(l.String()))
@@ -71,12 +71,13 @@ func matches(line map[string]any, with map[string]string) bool {
 		if !ok {
 			return false
 		}
-		s, isString := got.(string)
-		if !isString {
-			b, _ := json.Marshal(got)
-			s = string(b)
+		if s, isString := got.(string); isString {
+			if !strings.Contains(s, want) {
+				return false
+			}
+			continue
 		}
-		if !strings.Contains(s, want) {
+		if b, _ := json.Marshal(got); string(b) != want {
 			return false
 		}
 	}
