@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -194,5 +195,39 @@ func TestEncodeRefusesOversizedEvent(t *testing.T) {
 				t.Fatalf("Encode of an oversized event: %d bytes, err %v; want ErrInvalid", len(data), err)
 			}
 		})
+	}
+}
+
+// AppOptions in JSON (as /routes shows them) use the wire names, with the
+// values the wire carries.
+func TestAppOptionsJSONUsesWireNames(t *testing.T) {
+	opts := AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html",
+		ForceHTTPS: true, Canonical: "www.example.com", TLSPassthrough: true}
+	data, err := Encode(Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"www.example.com"}, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wire map[string]any
+	if err := json.Unmarshal(data, &wire); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 6 {
+		t.Fatalf("AppOptions JSON has %d fields, want 6: %s", len(got), b)
+	}
+	for k, v := range got {
+		if wire[k] != v {
+			t.Errorf("AppOptions JSON %q = %v, the wire has %v", k, v, wire[k])
+		}
+	}
+	if b, _ := json.Marshal(AppOptions{}); string(b) != "{}" {
+		t.Errorf("default options in JSON: %s, want {}", b)
 	}
 }
