@@ -122,7 +122,7 @@ func TestEnsureStreamIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := st.CachedInfo().Config
-		if cfg.MaxMsgsPerSubject != events.History || cfg.Subjects[0] != "sluice.r1.app.*.*" || cfg.Storage != jetstream.FileStorage {
+		if cfg.MaxMsgsPerSubject != events.SubjectHistory || cfg.Subjects[0] != "sluice.r1.app.*.*" || cfg.Storage != jetstream.FileStorage {
 			t.Fatalf("stream config %+v", cfg)
 		}
 	}

@@ -9,19 +9,19 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// History is the number of messages the stream StreamConfig describes
-// keeps per subject. The last valid one is the current state of its aspect;
-// the older ones stand in for it when a later message is invalid.
-const History = 8
+// SubjectHistory is the number of messages the stream StreamConfig
+// describes keeps per subject. The newest valid one is the current state of
+// its aspect; the older ones stand in for it when a later one is invalid.
+const SubjectHistory = 8
 
 // maxHistoryWalk bounds the messages of one subject read to find the newest
 // valid one, for streams an operator configured with a longer history.
 const maxHistoryWalk = 64
 
 // StreamConfig returns the configuration of the stream that keeps the
-// events of region: the last History messages of each subject (the newest
-// valid one is the current state of one aspect of one app), on disk, with
-// replicas copies in a NATS cluster.
+// events of region: the last SubjectHistory messages of each subject (the
+// newest valid one is the current state of one aspect of one app), on
+// disk, with replicas copies in a NATS cluster.
 func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 	if replicas < 1 {
 		replicas = 1
@@ -31,7 +31,7 @@ func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 		Description:       "sluice app lifecycle events of region " + region + "; the newest valid message of each subject is current",
 		Subjects:          []string{RegionSubjects(region), CertSubjects(region)},
 		Retention:         jetstream.LimitsPolicy,
-		MaxMsgsPerSubject: History,
+		MaxMsgsPerSubject: SubjectHistory,
 		MaxMsgSize:        MaxEventSize,
 		Discard:           jetstream.DiscardOld,
 		Storage:           jetstream.FileStorage,
