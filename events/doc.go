@@ -5,9 +5,10 @@
 // Every event is level, not delta: a deploy, restart or scale carries the
 // complete container set of an app, a domains event its complete domain set,
 // and each carries a per-app generation that only grows. Events of a region
-// are kept by a JetStream stream with one message per subject (per app and
-// aspect), so a router that starts or reconnects reads the current state of
-// every app of its region, then follows live changes. docs/events.md is the
+// are kept by a JetStream stream with a short history per subject (per app
+// and aspect), whose newest valid message is the current state, so a router
+// that starts or reconnects reads the current state of every app of its
+// region, then follows live changes. docs/events.md is the
 // wire-format reference.
 //
 // Decode and Validate are pure functions, safe for concurrent use. A

@@ -122,28 +122,29 @@ type Event struct {
 }
 
 // AppOptions are how routers serve an app. They travel with its domains
-// events; the zero value is the default.
+// events; the zero value is the default. The JSON names (as /routes shows
+// them) are the fields' names on the wire.
 type AppOptions struct {
 	// Balance is how requests spread over the app's containers:
 	// BalanceRoundRobin (also the empty string) or BalanceLeastConn.
-	Balance Balance
+	Balance Balance `json:"balance,omitempty"`
 	// Sticky sends a client back to the container that served it first,
 	// by a cookie, while that container runs.
-	Sticky bool
+	Sticky bool `json:"sticky,omitempty"`
 	// ErrorPage is the URL of an HTML page that replaces the router's own
 	// pages in the app's error answers; empty means the router's pages.
-	ErrorPage string
+	ErrorPage string `json:"error_page,omitempty"`
 	// ForceHTTPS answers plain HTTP requests with a redirect (301) to
 	// HTTPS, and adds Strict-Transport-Security to HTTPS responses that
 	// have none.
-	ForceHTTPS bool
+	ForceHTTPS bool `json:"force_https,omitempty"`
 	// Canonical, if set, is one of the app's domains (not a wildcard): a
 	// request for any other domain of the app is redirected (301) to it.
-	Canonical string
+	Canonical string `json:"canonical,omitempty"`
 	// TLSPassthrough hands HTTPS connections to the app's containers
 	// without decrypting them (the app terminates TLS): the router reads
 	// the server name of the ClientHello and relays the bytes.
-	TLSPassthrough bool
+	TLSPassthrough bool `json:"tls_passthrough,omitempty"`
 }
 
 // Balance is a way to spread requests over containers.
@@ -182,7 +183,8 @@ type wire struct {
 	Key        string           `json:"key,omitempty"`
 }
 
-// Encode validates ev and returns its JSON form.
+// Encode validates ev and returns its JSON form. An event whose JSON form
+// is over MaxEventSize, which routers would reject, is refused.
 func Encode(ev Event) ([]byte, error) {
 	if err := ev.Validate(); err != nil {
 		return nil, err
@@ -208,7 +210,14 @@ func Encode(ev Event) ([]byte, error) {
 		w.ForceHTTPS, w.Canonical, w.Passthru = o.ForceHTTPS, o.Canonical, o.TLSPassthrough
 		w.ClaimedAt = ev.ClaimedAt
 	}
-	return json.Marshal(w)
+	data, err := json.Marshal(w)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	if len(data) > MaxEventSize {
+		return nil, fmt.Errorf("%w: %d bytes of JSON, more than %d", ErrInvalid, len(data), MaxEventSize)
+	}
+	return data, nil
 }
 
 // Decode parses and validates one event received on subject. The subject's

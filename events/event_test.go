@@ -1,7 +1,9 @@
 package events
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -188,4 +190,76 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip: %+v, %v", ev2, err)
 		}
 	})
+}
+
+// An event that passes Validate may still encode to more than MaxEventSize
+// (1000 containers with long ids and host names): Encode refuses it, since
+// every router would reject it.
+func TestEncodeRefusesOversizedEvent(t *testing.T) {
+	containers := func(n int) []Container {
+		cs := make([]Container, n)
+		for i := range cs {
+			cs[i] = Container{
+				ID:      fmt.Sprintf("web-%0120d", i),
+				Address: fmt.Sprintf("node-%d.%s.internal:8080", i, strings.Repeat(strings.Repeat("a", 60)+".", 3)[:182]),
+			}
+		}
+		return cs
+	}
+	for _, tt := range []struct {
+		name string
+		n    int
+		ok   bool
+	}{{"under the limit", 100, true}, {"over the limit", MaxContainers, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := Event{Kind: KindDeploy, App: "big", Generation: 1, Containers: containers(tt.n)}
+			if err := ev.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			data, err := Encode(ev)
+			if tt.ok {
+				if err != nil || len(data) > MaxEventSize {
+					t.Fatalf("Encode: %d bytes, %v; want at most %d bytes", len(data), err, MaxEventSize)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) || data != nil {
+				t.Fatalf("Encode of an oversized event: %d bytes, err %v; want ErrInvalid", len(data), err)
+			}
+		})
+	}
+}
+
+// AppOptions in JSON (as /routes shows them) use the wire names, with the
+// values the wire carries.
+func TestAppOptionsJSONUsesWireNames(t *testing.T) {
+	opts := AppOptions{Balance: BalanceLeastConn, Sticky: true, ErrorPage: "https://pages.example.com/oops.html",
+		ForceHTTPS: true, Canonical: "www.example.com", TLSPassthrough: true}
+	data, err := Encode(Event{Kind: KindDomains, App: "a", Generation: 1, Domains: []string{"www.example.com"}, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wire map[string]any
+	if err := json.Unmarshal(data, &wire); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 6 {
+		t.Fatalf("AppOptions JSON has %d fields, want 6: %s", len(got), b)
+	}
+	for k, v := range got {
+		if wire[k] != v {
+			t.Errorf("AppOptions JSON %q = %v, the wire has %v", k, v, wire[k])
+		}
+	}
+	if b, _ := json.Marshal(AppOptions{}); string(b) != "{}" {
+		t.Errorf("default options in JSON: %s, want {}", b)
+	}
 }

@@ -94,7 +94,9 @@ func (p *Publisher) Delete(ctx context.Context, app string, gen uint64) error {
 // ErrStale if the stream holds this aspect of the app at a generation at
 // least as high (publishing the very same event again is not an error), and
 // ErrNoStream if the region has no stream. A domains event's ClaimedAt is
-// filled for the domains it gives no time for (see Publisher).
+// filled for the domains it gives no time for (see Publisher). A subject
+// whose last message is not a valid event (published by hand) is judged by
+// its newest valid event, which routers fall back to.
 func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 	if err := ev.Validate(); err != nil {
 		return err
@@ -105,31 +107,26 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 	}
 	subject := ev.Subject(p.region)
 	for range casAttempts {
-		var lastSeq uint64
-		last, err := st.GetLastMsgForSubject(ctx, subject)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			last = nil
-		case err != nil:
-			return fmt.Errorf("read the current state of %s: %w", subject, err)
-		default:
-			lastSeq = last.Sequence
-		}
-		data, err := p.encode(ctx, st, ev, last)
+		cur, err := readSubject(ctx, st, subject)
 		if err != nil {
 			return err
 		}
-		if last != nil {
-			if stored, err := decodePayload(last.Data); err == nil && stored.Generation >= ev.Generation {
-				if stored.Generation == ev.Generation && bytes.Equal(last.Data, data) {
-					return nil
-				}
-				return fmt.Errorf("%w: %s already at generation %d, this event has %d", ErrStale, subject, stored.Generation, ev.Generation)
+		data, err := p.encode(ctx, st, ev, cur)
+		if err != nil {
+			return err
+		}
+		if cur.event.Generation >= ev.Generation {
+			switch again, _ := Encode(cur.event); {
+			case !bytes.Equal(again, data) || cur.event.Generation != ev.Generation:
+				return fmt.Errorf("%w: %s already at generation %d, this event has %d", ErrStale, subject, cur.event.Generation, ev.Generation)
+			case !cur.junk:
+				return nil // stored already
 			}
+			// The very same event again, to cover the junk after it.
 		}
 		_, err = p.js.Publish(ctx, subject, data,
 			jetstream.WithExpectStream(StreamName(p.region)),
-			jetstream.WithExpectLastSequencePerSubject(lastSeq))
+			jetstream.WithExpectLastSequencePerSubject(cur.lastSeq))
 		if !isWrongLastSequence(err) {
 			if err != nil {
 				return fmt.Errorf("publish %s: %w", subject, err)
@@ -140,21 +137,51 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 	return fmt.Errorf("publish %s: other publishers kept changing it, %d attempts", subject, casAttempts)
 }
 
+// subjectState is what the stream holds on one subject: the sequence of its
+// last message (0: none), and its newest valid event (zero when none) with
+// the time the stream stored it. junk is set when the last message is not
+// that event but an invalid one.
+type subjectState struct {
+	lastSeq uint64
+	event   Event
+	stored  time.Time
+	junk    bool
+}
+
+// readSubject reads the state of subject for a compare-and-set publish.
+func readSubject(ctx context.Context, st jetstream.Stream, subject string) (subjectState, error) {
+	last, err := st.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return subjectState{}, nil
+	case err != nil:
+		return subjectState{}, fmt.Errorf("read the current state of %s: %w", subject, err)
+	}
+	cur := subjectState{lastSeq: last.Sequence, stored: last.Time}
+	if cur.event, err = Decode(subject, last.Data); err == nil {
+		return cur, nil
+	}
+	// Junk on the subject: routers use the newest valid event before it,
+	// which a new event must not go under.
+	cur.junk, cur.stored = true, time.Time{}
+	if cur.event, _, err = newestValid(ctx, st, subject, last.Sequence); err != nil {
+		return subjectState{}, fmt.Errorf("read the current state of %s: %w", subject, err)
+	}
+	return cur, nil
+}
+
 // encode returns the JSON form of ev. On a domains event, it first dates
-// the claims ev gives no time for: a domain that last, the subject's current
-// message, lists keeps its time there (or, if that message has none, the
+// the claims ev gives no time for: a domain that cur, the subject's newest
+// valid event, lists keeps its time there (or, if that event has none, the
 // time the stream stored it, when the claim already stood), unless the app
 // was deleted since; any other domain is claimed now.
-func (p *Publisher) encode(ctx context.Context, st jetstream.Stream, ev Event, last *jetstream.RawStreamMsg) ([]byte, error) {
+func (p *Publisher) encode(ctx context.Context, st jetstream.Stream, ev Event, cur subjectState) ([]byte, error) {
 	if ev.Kind.Aspect() != AspectDomains || len(ev.ClaimedAt) == len(ev.Domains) {
 		return Encode(ev)
 	}
 	var prev Event
-	if last != nil {
-		stored, err := decodePayload(last.Data)
-		if err == nil && stored.App == ev.App && stored.Kind.Aspect() == AspectDomains {
-			prev = stored
-		}
+	if cur.event.App == ev.App && cur.event.Kind.Aspect() == AspectDomains {
+		prev = cur.event
 	}
 	if prev.Generation != 0 {
 		deleted, err := p.deletedAfter(ctx, st, ev.App, prev.Generation)
@@ -177,8 +204,8 @@ func (p *Publisher) encode(ctx context.Context, st jetstream.Stream, ev Event, l
 			claimedAt[d] = at
 		case prev.ClaimedAt[d] != 0:
 			claimedAt[d] = prev.ClaimedAt[d]
-		case slices.Contains(prev.Domains, d):
-			claimedAt[d] = last.Time.UnixMilli()
+		case slices.Contains(prev.Domains, d) && !cur.stored.IsZero():
+			claimedAt[d] = cur.stored.UnixMilli()
 		default:
 			claimedAt[d] = now
 		}

@@ -192,8 +192,34 @@ func TestEnsureStreamIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := st.CachedInfo().Config
-		if cfg.MaxMsgsPerSubject != 1 || cfg.Subjects[0] != "sluice.r1.app.*.*" || cfg.Storage != jetstream.FileStorage {
+		if cfg.MaxMsgsPerSubject != events.SubjectHistory || cfg.Subjects[0] != "sluice.r1.app.*.*" || cfg.Storage != jetstream.FileStorage {
 			t.Fatalf("stream config %+v", cfg)
 		}
+	}
+}
+
+// Junk on a subject does not let an older generation in: the publisher
+// compares with the newest valid event, and may send that event again to
+// cover the junk.
+func TestPublisherComparesWithNewestValidEvent(t *testing.T) {
+	n := testenv.StartNATS(t)
+	pub := n.Publisher(t, testenv.Region)
+	js := n.JetStream(t)
+	cs := []events.Container{{ID: "a", Address: "10.0.0.1:80"}}
+	subject := events.Subject(testenv.Region, "app", events.AspectContainers)
+	if err := pub.Deploy(ctx(t), "app", 10, cs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx(t), subject, []byte("junk")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Scale(ctx(t), "app", 9, nil); !errors.Is(err, events.ErrStale) {
+		t.Fatalf("generation 9 over junk after 10: err = %v, want ErrStale", err)
+	}
+	if err := pub.Deploy(ctx(t), "app", 10, cs); err != nil {
+		t.Fatalf("republishing the newest valid event over junk: %v", err)
+	}
+	if got := lastGeneration(t, js, subject); got != 10 {
+		t.Fatalf("stream holds generation %d, want 10", got)
 	}
 }

@@ -9,19 +9,29 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// SubjectHistory is the number of messages the stream StreamConfig
+// describes keeps per subject. The newest valid one is the current state of
+// its aspect; the older ones stand in for it when a later one is invalid.
+const SubjectHistory = 8
+
+// maxHistoryWalk bounds the messages of one subject read to find the newest
+// valid one, for streams an operator configured with a longer history.
+const maxHistoryWalk = 64
+
 // StreamConfig returns the configuration of the stream that keeps the
-// events of region: one message per subject (the current state of one
-// aspect of one app), on disk, with replicas copies in a NATS cluster.
+// events of region: the last SubjectHistory messages of each subject (the
+// newest valid one is the current state of one aspect of one app), on
+// disk, with replicas copies in a NATS cluster.
 func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 	if replicas < 1 {
 		replicas = 1
 	}
 	return jetstream.StreamConfig{
 		Name:              StreamName(region),
-		Description:       "sluice app lifecycle events of region " + region + "; the last message of each subject is current",
+		Description:       "sluice app lifecycle events of region " + region + "; the newest valid message of each subject is current",
 		Subjects:          []string{RegionSubjects(region), CertSubjects(region)},
 		Retention:         jetstream.LimitsPolicy,
-		MaxMsgsPerSubject: 1,
+		MaxMsgsPerSubject: SubjectHistory,
 		MaxMsgSize:        MaxEventSize,
 		Discard:           jetstream.DiscardOld,
 		Storage:           jetstream.FileStorage,
@@ -61,4 +71,33 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, region string, re
 		}
 	}
 	return st, nil
+}
+
+// newestValid returns the newest valid event stored on subject at a sequence
+// below before, and its sequence; the sequence is 0 if the stream holds no
+// valid message there. It reads the subject's messages from the oldest, at
+// most maxHistoryWalk of them, and fails rather than return an event that
+// may not be the newest.
+func newestValid(ctx context.Context, st jetstream.Stream, subject string, before uint64) (Event, uint64, error) {
+	var (
+		found    Event
+		foundSeq uint64
+		next     uint64 = 1
+	)
+	for range maxHistoryWalk {
+		m, err := st.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return found, foundSeq, nil
+		case err != nil:
+			return Event{}, 0, fmt.Errorf("read %s from sequence %d: %w", subject, next, err)
+		case m.Sequence >= before:
+			return found, foundSeq, nil
+		}
+		if ev, err := Decode(subject, m.Data); err == nil {
+			found, foundSeq = ev, m.Sequence
+		}
+		next = m.Sequence + 1
+	}
+	return Event{}, 0, fmt.Errorf("%s keeps more than %d messages before sequence %d", subject, maxHistoryWalk, before)
 }

@@ -23,9 +23,10 @@ type Handler interface {
 const DefaultBatchSize = 1024
 
 // Subscriber feeds a Handler with the events of one region: first the
-// current state of every app (the last message of each subject), then every
-// change, in order. It creates the region's stream if it is missing. Invalid
-// messages are logged with the reason and skipped.
+// current state of every app (the last message of each subject, or the
+// newest valid one when the last is invalid), then every change, in order.
+// It creates the region's stream if it is missing. Invalid messages are
+// logged with the reason and skipped.
 type Subscriber struct {
 	// JetStream is the connection to the region's NATS. Required.
 	JetStream jetstream.JetStream
@@ -110,8 +111,10 @@ func (s *Subscriber) consume(ctx context.Context) error {
 	}
 	loadedAt := info.State.LastSeq
 	start := time.Now()
-	if !s.ready.Load() && loadedAt == 0 {
-		s.markReady(0, start)
+	// A stream that holds no message (never written, or purged: its last
+	// sequence is then above zero) has nothing to deliver.
+	if !s.ready.Load() && info.State.Msgs == 0 {
+		s.markReady(loadedAt, start)
 	}
 	// An ordered consumer is ephemeral, and resumes after the last message
 	// it delivered when the connection comes back; starting from the last
@@ -140,6 +143,11 @@ func (s *Subscriber) consume(ctx context.Context) error {
 		return fmt.Errorf("consume: %w", err)
 	}
 	defer cc.Stop()
+	// The consumer may have nothing to deliver although the stream looked
+	// non-empty, e.g. when it was purged in between.
+	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 && !s.ready.Load() {
+		s.markReady(loadedAt, start)
+	}
 
 	batch := make([]Event, 0, batchSize)
 	for {
@@ -152,7 +160,7 @@ func (s *Subscriber) consume(ctx context.Context) error {
 		batch = batch[:0]
 		caughtUp := false
 		for {
-			if ev, ok := s.decode(m); ok {
+			if ev, ok := s.decode(ctx, st, m, loadedAt); ok {
 				batch = append(batch, ev)
 			}
 			if md, err := m.Metadata(); err == nil {
@@ -173,17 +181,35 @@ func (s *Subscriber) consume(ctx context.Context) error {
 	}
 }
 
-func (s *Subscriber) decode(m jetstream.Msg) (Event, bool) {
+// decode returns the event m carries. An invalid message is logged with
+// the reason and skipped; if it is part of the state the stream held when
+// the consumer started (sequence up to loadedAt), the newest valid message
+// of its subject stands in for it, so that junk published on a subject does
+// not erase what the subject said before.
+func (s *Subscriber) decode(ctx context.Context, st jetstream.Stream, m jetstream.Msg, loadedAt uint64) (Event, bool) {
 	ev, err := Decode(m.Subject(), m.Data())
-	if err != nil {
-		s.rejected.Add(1)
-		var seq uint64
-		if md, mdErr := m.Metadata(); mdErr == nil {
-			seq = md.Sequence.Stream
-		}
-		s.Logger.Warn().Str("subject", m.Subject()).Uint64("seq", seq).Str("reason", err.Error()).Msg("event rejected")
+	if err == nil {
+		return ev, true
+	}
+	s.rejected.Add(1)
+	var seq uint64
+	if md, mdErr := m.Metadata(); mdErr == nil {
+		seq = md.Sequence.Stream
+	}
+	s.Logger.Warn().Str("subject", m.Subject()).Uint64("seq", seq).Str("reason", err.Error()).Msg("event rejected")
+	if seq == 0 || seq > loadedAt {
 		return Event{}, false
 	}
+	ev, validSeq, err := newestValid(ctx, st, m.Subject(), seq)
+	switch {
+	case err != nil:
+		s.Logger.Warn().Err(err).Str("subject", m.Subject()).Uint64("seq", seq).Msg("no earlier event to stand in for the rejected one")
+		return Event{}, false
+	case validSeq == 0:
+		s.Logger.Warn().Str("subject", m.Subject()).Uint64("seq", seq).Msg("no earlier valid event on the subject; the rejected one is skipped")
+		return Event{}, false
+	}
+	s.Logger.Info().Str("subject", m.Subject()).Uint64("seq", seq).Uint64("used_seq", validSeq).Msg("rejected event replaced by the newest valid event of its subject")
 	return ev, true
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,12 +202,14 @@ func TestContainerUnreachable(t *testing.T) {
 }
 
 // publishRaw stores data on the subject without the Publisher's checks, as a
-// buggy or foreign publisher would.
-func publishRaw(t *testing.T, js jetstream.JetStream, subject, data string) {
+// buggy or foreign publisher would, and returns its stream sequence.
+func publishRaw(t *testing.T, js jetstream.JetStream, subject, data string) uint64 {
 	t.Helper()
-	if _, err := js.Publish(ctx(t), subject, []byte(data)); err != nil {
+	ack, err := js.Publish(ctx(t), subject, []byte(data))
+	if err != nil {
 		t.Fatalf("publish %s: %v", subject, err)
 	}
+	return ack.Sequence
 }
 
 func TestRouterIgnoresStaleAndDuplicateEvents(t *testing.T) {
@@ -253,7 +256,11 @@ func status(t *testing.T, r *testenv.Router) adminStatus {
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 func TestMalformedEventsRejected(t *testing.T) {
-	n, r, pub := setup(t)
+	n := testenv.StartNATS(t)
+	log, logs := testenv.CaptureLogs(t)
+	r := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, Logger: log})
+	r.WaitReady(t)
+	pub := n.Publisher(t, region)
 	js := n.JetStream(t)
 	c := testenv.StartContainer(t, "app", "c1")
 	must(t, pub.Domains(ctx(t), "app", 1, []string{"app.example.com"}))
@@ -263,41 +270,36 @@ func TestMalformedEventsRejected(t *testing.T) {
 
 	containers := events.Subject(region, "app", events.AspectContainers)
 	doms := events.Subject(region, "app", events.AspectDomains)
-	bad := []struct{ name, subject, data string }{
-		{"not JSON", containers, `deploy app`},
-		{"truncated", containers, `{"v":1,"kind":"deploy"`},
-		{"no version", containers, `{"kind":"deploy","app":"app","generation":9,"containers":[]}`},
-		{"future version", containers, `{"v":2,"kind":"deploy","app":"app","generation":9,"containers":[]}`},
-		{"unknown kind", containers, `{"v":1,"kind":"explode","app":"app","generation":9,"containers":[]}`},
-		{"unknown field", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containres":[]}`},
-		{"missing containers", containers, `{"v":1,"kind":"deploy","app":"app","generation":9}`},
-		{"app mismatch", containers, `{"v":1,"kind":"deploy","app":"other","generation":9,"containers":[]}`},
-		{"kind on wrong subject", containers, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":[]}`},
-		{"zero generation", containers, `{"v":1,"kind":"deploy","app":"app","generation":0,"containers":[]}`},
-		{"negative generation", containers, `{"v":1,"kind":"deploy","app":"app","generation":-1,"containers":[]}`},
-		{"bad address", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1"}]}`},
-		{"bad port", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1:70000"}]}`},
-		{"bad container id", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"../x","address":"10.0.0.1:80"}]}`},
-		{"duplicate container", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1:80"},{"id":"x","address":"10.0.0.2:80"}]}`},
-		{"upper-case domain", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["App.example.com"]}`},
-		{"unicode domain", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["café.example.com"]}`},
-		{"bad wildcard", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["www.*.example.com"]}`},
-		{"null domains", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":null}`},
-		{"trailing data", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":[]} {}`},
+	bad := []struct{ name, subject, data, reason string }{
+		{"not JSON", containers, `deploy app`, "malformed JSON: invalid character"},
+		{"truncated", containers, `{"v":1,"kind":"deploy"`, "malformed JSON: unexpected EOF"},
+		{"no version", containers, `{"kind":"deploy","app":"app","generation":9,"containers":[]}`, "no version (v)"},
+		{"future version", containers, `{"v":2,"kind":"deploy","app":"app","generation":9,"containers":[]}`, "unsupported version 2"},
+		{"unknown kind", containers, `{"v":1,"kind":"explode","app":"app","generation":9,"containers":[]}`, "explode event"},
+		{"unknown field", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containres":[]}`, `unknown field "containres"`},
+		{"missing containers", containers, `{"v":1,"kind":"deploy","app":"app","generation":9}`, "deploy event without containers"},
+		{"app mismatch", containers, `{"v":1,"kind":"deploy","app":"other","generation":9,"containers":[]}`, `app "other" in the payload`},
+		{"kind on wrong subject", containers, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":[]}`, `kind "domains" sent on the "containers" subject`},
+		{"zero generation", containers, `{"v":1,"kind":"deploy","app":"app","generation":0,"containers":[]}`, "generation 0 out of range"},
+		{"negative generation", containers, `{"v":1,"kind":"deploy","app":"app","generation":-1,"containers":[]}`, "cannot unmarshal number -1"},
+		{"bad address", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1"}]}`, `address "10.0.0.1": want HOST:PORT`},
+		{"bad port", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1:70000"}]}`, "port must be a number"},
+		{"bad container id", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"../x","address":"10.0.0.1:80"}]}`, `container id "../x"`},
+		{"duplicate container", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containers":[{"id":"x","address":"10.0.0.1:80"},{"id":"x","address":"10.0.0.2:80"}]}`, `container id "x" listed twice`},
+		{"upper-case domain", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["App.example.com"]}`, `domain "App.example.com": want a lowercase name`},
+		{"unicode domain", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["café.example.com"]}`, `domain "café.example.com"`},
+		{"bad wildcard", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":["www.*.example.com"]}`, "only allowed as a leading"},
+		{"null domains", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":null}`, "domains event without domains"},
+		{"trailing data", doms, `{"v":1,"kind":"domains","app":"app","generation":9,"domains":[]} {}`, "data after the JSON object"},
 	}
-	// The stream keeps one message per subject, so an event replaced
-	// before the router read it is never delivered: publish the next one
-	// only once the router has rejected the previous one.
-	for i, b := range bad {
-		publishRaw(t, js, b.subject, b.data)
-		want := uint64(i + 1)
-		deadline := time.Now().Add(testenv.Timeout)
-		for status(t, r).Events.Rejected < want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: rejected %d events, want %d", b.name, status(t, r).Events.Rejected, want)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+	// Each is published once the router has rejected the one before, so
+	// that none is dropped from the subject's history unread.
+	for _, b := range bad {
+		seq := publishRaw(t, js, b.subject, b.data)
+		logs.WaitLine(t, "event rejected", map[string]string{"subject": b.subject, "seq": strconv.FormatUint(seq, 10), "reason": b.reason})
+	}
+	if got, want := status(t, r).Events.Rejected, uint64(len(bad)); got != want {
+		t.Fatalf("rejected %d events, want %d", got, want)
 	}
 	got := r.Table().Snapshot().Apps()
 	if len(got) != 1 || got[0] != want[0] {
@@ -363,10 +365,16 @@ func TestTwoRoutersConverge(t *testing.T) {
 		}
 	}
 	// The second router starts late: it reads the stored state, the first
-	// one read the live events.
+	// one read the live events. Both must have read up to the stream's
+	// last message before they are compared.
 	r2 := testenv.StartRouter(t, n.Connect(t), region)
 	r1.WaitReady(t)
 	r2.WaitReady(t)
+	st, err := n.JetStream(t).Stream(ctx(t), events.StreamName(region))
+	must(t, err)
+	last := st.CachedInfo().State.LastSeq
+	waitApplied(t, r1, last)
+	waitApplied(t, r2, last)
 	want := status(t, r1).Routes
 	// app-3 was deleted at generation 100, above all its other events.
 	if len(want) != 9 {
@@ -374,6 +382,18 @@ func TestTwoRoutersConverge(t *testing.T) {
 	}
 	if got := status(t, r2).Routes; !equalRoutes(got, want) {
 		t.Fatalf("routers differ:\n%+v\n%+v", got, want)
+	}
+}
+
+// waitApplied waits until r has handled the stream's messages up to seq.
+func waitApplied(t *testing.T, r *testenv.Router, seq uint64) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for status(t, r).Events.LastSequence < seq {
+		if time.Now().After(deadline) {
+			t.Fatalf("router at sequence %d after %s, want %d", status(t, r).Events.LastSequence, testenv.Timeout, seq)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -68,6 +69,9 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"serve bad default cert", []string{"serve", "--default-cert", "/nonexistent/d.pem"}, "--default-cert"},
 		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
 		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
+		{"zero timeout", []string{"delete", "--app", "a", "--timeout", "0"}, "--timeout 0s: want more than 0"},
+		{"negative timeout", []string{"cert", "--domain", "a.example.com", "--delete", "--timeout", "-1s"}, "--timeout -1s"},
+		{"event over the size limit", hugeDeploy(), "more than 262144"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,16 +87,70 @@ func TestCLIRefusesBadInput(t *testing.T) {
 	}
 }
 
+// hugeDeploy returns a deploy of 1000 containers with long ids and host
+// names: each is valid, but the event is over events.MaxEventSize.
+func hugeDeploy() []string {
+	args := []string{"deploy", "--app", "big"}
+	host := strings.Repeat(strings.Repeat("h", 60)+".", 3) + "internal"
+	for i := range events.MaxContainers {
+		args = append(args, "--container", fmt.Sprintf("web-%0120d=node-%d.%s:8080", i, i, host))
+	}
+	return args
+}
+
+// silentListener accepts TCP connections on a loopback port and never says
+// a word on them, as a wrong service or a hung broker would. It returns its
+// NATS URL; everything stops at cleanup.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return "nats://" + ln.Addr().String()
+}
+
 func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := "nats://" + ln.Addr().String()
+	closed := "nats://" + ln.Addr().String()
 	ln.Close() // nothing listens there now
-	_, stderr, code := sluice(t, noEnv, "delete", "--app", "a", "--nats", url)
-	if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
-		t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+	for _, tt := range []struct {
+		name, url string
+	}{{"closed port", closed}, {"silent listener", silentListener(t)}} {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			_, stderr, code := sluice(t, noEnv, "delete", "--app", "a", "--nats", tt.url, "--timeout", "1s")
+			if took := time.Since(start); took > 2500*time.Millisecond {
+				t.Errorf("took %v with --timeout 1s, want under 2.5s", took)
+			}
+			if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
+				t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+			}
+		})
 	}
 }
 

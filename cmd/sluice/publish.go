@@ -155,13 +155,16 @@ func (a *natsAuth) options() []nats.Option {
 	return opts
 }
 
-// publish validates ev (a usage error if invalid: nothing is sent) and
-// stores it in region's stream, within timeout.
+// publish validates ev (a usage error if invalid or too large: nothing is
+// sent) and stores it in region's stream, within timeout.
 func publish(ctx context.Context, url string, auth *natsAuth, region string, timeout time.Duration, ev events.Event) error {
+	if timeout <= 0 {
+		return usagef("--timeout %s: want more than 0", timeout)
+	}
 	if err := events.ValidateRegion(region); err != nil {
 		return usageError{err}
 	}
-	if err := ev.Validate(); err != nil {
+	if _, err := events.Encode(ev); err != nil {
 		return usageError{err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)

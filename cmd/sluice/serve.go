@@ -158,24 +158,33 @@ func connect(url string, auth *natsAuth, listen, dataDir string, logger zerolog.
 }
 
 // newLogger returns the process logger: JSON lines, or human-readable
-// console output when asked or when w is a terminal.
+// console output when asked or when w is a terminal. Console output is in
+// colour only on a terminal, so that a file or a log collector gets no
+// escape codes.
 func newLogger(format, level string, w io.Writer) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil || level == "" {
 		return zerolog.Logger{}, usagef("--log-level %q: want debug, info, warn or error", level)
 	}
+	tty := isTerminal(w)
 	switch format {
 	case "json":
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !tty}
 	case "auto":
-		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if tty {
 			w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 		}
 	default:
 		return zerolog.Logger{}, usagef("--log-format %q: want json, console or auto", format)
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func ensureStream(ctx context.Context, nc *nats.Conn, region string, replicas int) error {
