@@ -48,7 +48,8 @@ type NATS struct {
 	Server *server.Server
 	// Dir is the JetStream store; a server restarted on it keeps the
 	// streams.
-	Dir string
+	Dir  string
+	addr string // HOST:PORT, kept for a restart
 }
 
 // StartNATS starts a NATS server on a random loopback port with its store in
@@ -66,9 +67,20 @@ func StartNATSIn(t testing.TB, dir string) *NATS {
 	if err != nil {
 		t.Fatalf("start NATS: %v", err)
 	}
-	n := &NATS{Server: ns, Dir: dir}
+	n := &NATS{Server: ns, Dir: dir, addr: ns.Addr().String()}
 	t.Cleanup(n.Stop)
 	return n
+}
+
+// Restart starts the server again after Stop, on the same address and
+// store, as an operator's restart of NATS: clients reconnect to it.
+func (n *NATS) Restart(t testing.TB) {
+	t.Helper()
+	ns, err := events.StartServer(events.ServerConfig{Listen: n.addr, DataDir: n.Dir, Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("restart NATS: %v", err)
+	}
+	n.Server = ns
 }
 
 // URL returns the URL clients connect to.
