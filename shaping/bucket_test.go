@@ -182,3 +182,14 @@ func TestWaitEndsWithTheContext(t *testing.T) {
 		}
 	})
 }
+
+func TestReadsLargerThanTheBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// A 10 kB burst, smaller than the proxy's 32 KiB buffers: each read
+		// is cut to the burst, so that no wait asks for more than the
+		// bucket can hold.
+		b := NewLimiter(Limits{Rate: 1 * mb, Burst: 10_000}).Bucket(Limits{})
+		// transfer fails the test on a read error.
+		near(t, "1 MB with a 10 kB burst in 32 KiB reads", transfer(t, b.Pacer(t.Context(), Download), 1*mb), 990*time.Millisecond, 0.01)
+	})
+}
