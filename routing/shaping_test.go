@@ -65,7 +65,7 @@ func TestShapingThroughTheProxy(t *testing.T) {
 	pub := n.Publisher(t, region)
 	// One app per transfer, so that each has a container of its own, with
 	// a full bucket.
-	for _, app := range []string{"down", "up", "ws"} {
+	for _, app := range []string{"down", "up", "ws", "wsdown", "wsup"} {
 		c := testenv.StartContainer(t, app, app+"-1")
 		must(t, pub.Domains(ctx(t), app, 1, []string{app + ".example.com"}))
 		must(t, pub.Deploy(ctx(t), app, 2, testenv.Containers(c)))
@@ -73,8 +73,12 @@ func TestShapingThroughTheProxy(t *testing.T) {
 	}
 
 	t.Run("transfers", func(t *testing.T) {
-		t.Run("download", func(t *testing.T) {
-			t.Parallel()
+		// All at once, each timed alone: concurrent subtests that are not
+		// parallel ones, which -parallel (GOMAXPROCS) would queue.
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		run := func(name string, f func(t *testing.T)) { wg.Go(func() { t.Run(name, f) }) }
+		run("download", func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodGet, r.URL+"/bytes/"+itoa(shapedSize), nil)
 			req.Host = "down.example.com"
 			start := time.Now()
@@ -87,8 +91,7 @@ func TestShapingThroughTheProxy(t *testing.T) {
 			}
 			within10(t, "a 2 MB download", time.Since(start))
 		})
-		t.Run("upload", func(t *testing.T) {
-			t.Parallel()
+		run("upload", func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, r.URL+"/", bytes.NewReader(make([]byte, shapedSize)))
 			req.Host = "up.example.com"
 			start := time.Now()
@@ -98,8 +101,7 @@ func TestShapingThroughTheProxy(t *testing.T) {
 			}
 			within10(t, "a 2 MB upload", time.Since(start))
 		})
-		t.Run("websocket", func(t *testing.T) {
-			t.Parallel()
+		run("websocket", func(t *testing.T) {
 			// The container echoes: 2 MB go up and come back down, each way
 			// paced by its own bucket, at the same time.
 			ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "ws.example.com"})
@@ -126,6 +128,40 @@ func TestShapingThroughTheProxy(t *testing.T) {
 			}
 			must(t, <-errs)
 			within10(t, "a 2 MB WebSocket echo", time.Since(start))
+		})
+		// Each direction of a WebSocket on its own, so that neither can
+		// hide behind the other as in an echo.
+		run("websocket download", func(t *testing.T) {
+			start := time.Now()
+			ws := dialWS(t, r, "wsdown.example.com", "/ws/push/"+itoa(shapedSize))
+			received := 0
+			for {
+				_, data, err := ws.Read(ctx(t))
+				if websocket.CloseStatus(err) == websocket.StatusNormalClosure {
+					break
+				}
+				must(t, err)
+				received += len(data)
+			}
+			if received != shapedSize {
+				t.Fatalf("received %d bytes, want %d", received, shapedSize)
+			}
+			within10(t, "a 2 MB WebSocket download", time.Since(start))
+		})
+		run("websocket upload", func(t *testing.T) {
+			start := time.Now()
+			ws := dialWS(t, r, "wsup.example.com", "/ws/sink/"+itoa(shapedSize))
+			const msg = 50_000
+			for range shapedSize / msg {
+				must(t, ws.Write(ctx(t), websocket.MessageBinary, make([]byte, msg)))
+			}
+			// The container says how much it read once it has it all.
+			_, data, err := ws.Read(ctx(t))
+			must(t, err)
+			if string(data) != itoa(shapedSize) {
+				t.Fatalf("the container read %s bytes, want %d", data, shapedSize)
+			}
+			within10(t, "a 2 MB WebSocket upload", time.Since(start))
 		})
 
 	})
@@ -154,7 +190,9 @@ func TestShapingThroughTheProxy(t *testing.T) {
 		"up":   {stats["up"].Upload},
 		// An echo: what comes down waits on what goes up, so the wait
 		// falls on either side.
-		"ws": {stats["ws"].Download, stats["ws"].Upload},
+		"ws":     {stats["ws"].Download, stats["ws"].Upload},
+		"wsdown": {stats["wsdown"].Download},
+		"wsup":   {stats["wsup"].Upload},
 	} {
 		st := stats[app]
 		if st.Rate != shapedRate || st.Burst != shapedBurst || st.Peers != 1 {
@@ -187,6 +225,17 @@ func TestShapingThroughTheProxy(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// dialWS opens a WebSocket to path on host through r, closed at the end
+// of the test.
+func dialWS(t *testing.T, r *testenv.Router, host, path string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(r.URL, "http")+path, &websocket.DialOptions{Host: host})
+	must(t, err)
+	t.Cleanup(func() { ws.CloseNow() })
+	ws.SetReadLimit(-1)
+	return ws
 }
 
 // throttledByApp sums the throttled_ms of the access-log lines by app.

@@ -142,6 +142,10 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 //	/sse/N/D     sends N server-sent events, one every D, then waits until
 //	             the client goes
 //	/ws/echo     a WebSocket that sends every message back
+//	/ws/push/N   a WebSocket that sends N bytes (binary messages of 32 KiB)
+//	             then closes normally
+//	/ws/sink/N   a WebSocket that reads N bytes, then sends one text
+//	             message with the number of bytes it read and closes
 //	/hsts        a reply with the app's own Strict-Transport-Security
 type Container struct {
 	App  string
@@ -198,6 +202,8 @@ func (c *Container) handler() http.Handler {
 	mux.HandleFunc("/cut", c.serveCut)
 	mux.HandleFunc("/sse/{n}/{d}", c.serveSSE)
 	mux.HandleFunc("/ws/echo", c.serveEcho)
+	mux.HandleFunc("/ws/push/{n}", c.servePush)
+	mux.HandleFunc("/ws/sink/{n}", c.serveSink)
 	mux.HandleFunc("/hsts", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Strict-Transport-Security", AppHSTS)
 		c.serve(w, r)
@@ -341,6 +347,61 @@ func (c *Container) serveEcho(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// wsSize accepts a WebSocket whose path ends in a byte count, or answers
+// 400 and returns nil.
+func wsSize(w http.ResponseWriter, r *http.Request) (*websocket.Conn, int64) {
+	n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "want a byte count", http.StatusBadRequest)
+		return nil, 0
+	}
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return nil, 0 // Accept has answered the client
+	}
+	ws.SetReadLimit(-1)
+	return ws, n
+}
+
+func (c *Container) servePush(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	ws, n := wsSize(w, r)
+	if ws == nil {
+		return
+	}
+	defer ws.CloseNow()
+	msg := make([]byte, 32<<10)
+	for n > 0 {
+		chunk := min(n, int64(len(msg)))
+		if err := ws.Write(r.Context(), websocket.MessageBinary, msg[:chunk]); err != nil {
+			return
+		}
+		n -= chunk
+	}
+	_ = ws.Close(websocket.StatusNormalClosure, "")
+}
+
+func (c *Container) serveSink(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	ws, n := wsSize(w, r)
+	if ws == nil {
+		return
+	}
+	defer ws.CloseNow()
+	var got int64
+	for got < n {
+		_, msg, err := ws.Read(r.Context())
+		if err != nil {
+			return
+		}
+		got += int64(len(msg))
+	}
+	if err := ws.Write(r.Context(), websocket.MessageText, []byte(strconv.FormatInt(got, 10))); err != nil {
+		return
+	}
+	_ = ws.Close(websocket.StatusNormalClosure, "")
 }
 
 // Address returns the container's HOST:PORT, as events carry it.
