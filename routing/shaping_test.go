@@ -2,12 +2,14 @@ package routing_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"math"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,4 +300,65 @@ func TestRoutersOfARegionShareTheAllowance(t *testing.T) {
 	b.Stop(t)
 	fixed.Stop(t)
 	waitShapingPeers(t, 1, a)
+}
+
+// countingReader is an endless body of zeros that counts what the client
+// has taken from it to send.
+type countingReader struct{ n atomic.Int64 }
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	clear(p)
+	r.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func TestShapingHoldsTheSenderBack(t *testing.T) {
+	// The router paces an upload by reading no faster than the bucket
+	// allows: the client can get ahead of what the container has read only
+	// by what the sockets on the way hold (a few MB on loopback), never by
+	// the whole body, which a router that buffered would take at once.
+	const (
+		rate     = 1_000_000
+		burst    = 64 << 10
+		size     = 48_000_000
+		sockets  = 12_000_000 // generous: about 5 MB on Linux loopback
+		watchFor = time.Second
+	)
+	n := testenv.StartNATS(t)
+	r := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, Shaping: shaping.Limits{Rate: rate, Burst: burst}, Logger: testenv.Logger(t)})
+	r.WaitReady(t)
+	pub := n.Publisher(t, region)
+	c := testenv.StartContainer(t, "big", "big-1")
+	must(t, pub.Domains(ctx(t), "big", 1, []string{"big.example.com"}))
+	must(t, pub.Deploy(ctx(t), "big", 2, testenv.Containers(c)))
+	r.WaitRoutes(t, "big routed", testenv.Routed("big.example.com", "big", "big-1"))
+
+	body := &countingReader{}
+	upload, cancel := context.WithCancel(ctx(t))
+	req, _ := http.NewRequestWithContext(upload, http.MethodPost, r.URL+"/", io.LimitReader(body, size))
+	req.Host = "big.example.com"
+	req.ContentLength = size
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	defer func() { cancel(); <-done }()
+
+	start := time.Now()
+	for time.Since(start) < watchFor {
+		time.Sleep(50 * time.Millisecond)
+		sent, read := body.n.Load(), c.BodyBytes()
+		if lead := sent - read; lead > sockets {
+			t.Fatalf("after %v the client has sent %d bytes, the container read %d: the router holds %d, want at most %d", time.Since(start), sent, read, lead, sockets)
+		}
+		if allowed := burst + int64(time.Since(start).Seconds()*rate) + 32<<10; read > allowed {
+			t.Fatalf("after %v the container read %d bytes, more than the %d the bucket allows", time.Since(start), read, allowed)
+		}
+	}
+	if read := c.BodyBytes(); read < burst+rate*int64(watchFor/time.Second)*8/10 {
+		t.Errorf("the container read %d bytes in %v, want about %d", read, watchFor, burst+rate)
+	}
 }

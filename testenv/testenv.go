@@ -152,6 +152,7 @@ type Container struct {
 	ID   string
 	Port int
 	hits atomic.Int64
+	read atomic.Int64 // request body bytes read, all requests together
 	srv  *http.Server
 	host string // the IP it listens on
 }
@@ -235,9 +236,17 @@ func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Con
 
 func (c *Container) serve(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
-	n, _ := io.Copy(io.Discard, r.Body)
+	n, _ := io.Copy(io.Discard, readerFunc(func(p []byte) (int, error) {
+		n, err := r.Body.Read(p)
+		c.read.Add(int64(n))
+		return n, err
+	}))
 	c.reply(w, r, n)
 }
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
@@ -409,6 +418,10 @@ func (c *Container) Address() string { return net.JoinHostPort(c.host, strconv.I
 
 // Event returns the container as events carry it.
 func (c *Container) Event() events.Container { return events.Container{ID: c.ID, Address: c.Address()} }
+
+// BodyBytes returns the number of request body bytes the container has
+// read so far, all requests together, as they arrive.
+func (c *Container) BodyBytes() int64 { return c.read.Load() }
 
 // Hits returns the number of requests the container has answered.
 func (c *Container) Hits() int64 { return c.hits.Load() }
