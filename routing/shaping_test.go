@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/sluice-router/sluice/events"
 	"github.com/sluice-router/sluice/routing"
 	"github.com/sluice-router/sluice/shaping"
 	"github.com/sluice-router/sluice/testenv"
@@ -360,5 +361,49 @@ func TestShapingHoldsTheSenderBack(t *testing.T) {
 	}
 	if read := c.BodyBytes(); read < burst+rate*int64(watchFor/time.Second)*8/10 {
 		t.Errorf("the container read %d bytes in %v, want about %d", read, watchFor, burst+rate)
+	}
+}
+
+func TestShapingTLSPassthrough(t *testing.T) {
+	w := newWorld(t, routing.Config{Shaping: shaping.Limits{Rate: shapedRate, Burst: shapedBurst}})
+	ca := testenv.NewCA(t)
+	chain, key := ca.Issue(t, testenv.CertOptions{}, "secure.example.com")
+	c := testenv.StartTLSContainer(t, "secure", "t1", "127.0.0.1:0", chain, key)
+	w.deploy(t, "secure", events.AppOptions{TLSPassthrough: true}, c)
+
+	// The container's TLS on top adds a little: a certificate, record
+	// headers; well within the 10%.
+	client := httpsClient(w.r, ca)
+	start := time.Now()
+	resp, err := client.Get("https://secure.example.com/bytes/" + itoa(shapedSize))
+	must(t, err)
+	got, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || got != shapedSize {
+		t.Fatalf("read %d bytes (%v), want %d", got, err, shapedSize)
+	}
+	within10(t, "a 2 MB download through TLS passthrough", time.Since(start))
+	client.CloseIdleConnections()
+
+	// Every byte the client sent is charged as upload, the ClientHello the
+	// router read to find the server name included.
+	var relayed struct {
+		BytesIn int64 `json:"bytes_in"`
+	}
+	deadline := time.Now().Add(testenv.Timeout)
+	for relayed.BytesIn == 0 {
+		for _, line := range strings.Split(w.logs.String(), "\n") {
+			if strings.Contains(line, `"tls_passthrough":true`) {
+				must(t, json.Unmarshal([]byte(line), &relayed))
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for the relayed connection:\n%s", w.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	app, _ := w.r.Table().Snapshot().App("secure")
+	if up := app.Containers[0].Bucket().Stats().Upload.Bytes; up != relayed.BytesIn {
+		t.Errorf("the upload bucket was charged %d bytes, the client sent %d", up, relayed.BytesIn)
 	}
 }

@@ -193,3 +193,15 @@ func TestReadsLargerThanTheBurst(t *testing.T) {
 		near(t, "1 MB with a 10 kB burst in 32 KiB reads", transfer(t, b.Pacer(t.Context(), Download), 1*mb), 990*time.Millisecond, 0.01)
 	})
 }
+
+func TestNilPacerDoesNotShape(t *testing.T) {
+	// With shaping off a stream has no Pacer: its bytes go straight through.
+	var p *Pacer
+	var w countingWriter
+	if n, err := p.Write(&w, make([]byte, 1000)); n != 1000 || err != nil || w.n != 1000 {
+		t.Errorf("nil Pacer Write: %d, %v (%d arrived); want 1000, nil", n, err, w.n)
+	}
+	if n, err := p.Read(zeros{}, make([]byte, 1000)); n != 1000 || err != nil {
+		t.Errorf("nil Pacer Read: %d, %v; want 1000, nil", n, err)
+	}
+}
