@@ -135,8 +135,8 @@ func TestShapingThroughTheProxy(t *testing.T) {
 		// Each direction of a WebSocket on its own, so that neither can
 		// hide behind the other as in an echo.
 		run("websocket download", func(t *testing.T) {
-			start := time.Now()
 			ws := dialWS(t, r, "wsdown.example.com", "/ws/push/"+itoa(shapedSize))
+			start := time.Now()
 			received := 0
 			for {
 				_, data, err := ws.Read(ctx(t))
@@ -152,8 +152,8 @@ func TestShapingThroughTheProxy(t *testing.T) {
 			within10(t, "a 2 MB WebSocket download", time.Since(start))
 		})
 		run("websocket upload", func(t *testing.T) {
-			start := time.Now()
 			ws := dialWS(t, r, "wsup.example.com", "/ws/sink/"+itoa(shapedSize))
+			start := time.Now()
 			const msg = 50_000
 			for range shapedSize / msg {
 				must(t, ws.Write(ctx(t), websocket.MessageBinary, make([]byte, msg)))
@@ -187,7 +187,10 @@ func TestShapingThroughTheProxy(t *testing.T) {
 	for _, a := range routes.Routes {
 		stats[a.Name] = a.Containers[0].Shaping
 	}
-	minWait := 0.9 * float64(predicted/time.Millisecond)
+	// Time spent reading and writing refills the bucket instead of
+	// waiting, more so on a busy machine: half the predicted wait is
+	// enough to tell shaped from not (no wait at all).
+	minWait := 0.5 * float64(predicted/time.Millisecond)
 	for app, flows := range map[string][]shaping.FlowStats{
 		"down": {stats["down"].Download},
 		"up":   {stats["up"].Upload},
