@@ -201,7 +201,7 @@ func (p *Proxy) relay(client net.Conn, hello []byte, name string, app *App, stop
 		down = readerFunc(func(buf []byte) (int, error) { return x.down.Read(backend, buf) })
 	}
 	var in, out int64
-	if _, err := backend.Write(hello); err == nil {
+	if _, err := x.up.Write(backend, hello); err == nil { // charged as upload
 		in = int64(len(hello))
 		done := make(chan int64, 1)
 		go func() {

@@ -171,8 +171,12 @@ func (p *Pacer) Waited() time.Duration { return time.Duration(p.waited.Load()) }
 
 // Read reads from r into buf at most what one wait may cover (the bucket's
 // burst), then waits for the tokens of what it read before returning, so
-// that the next read, and the sender, wait too.
+// that the next read, and the sender, wait too. A nil Pacer reads from r
+// unshaped.
 func (p *Pacer) Read(r io.Reader, buf []byte) (int, error) {
+	if p == nil {
+		return r.Read(buf)
+	}
 	p.b.sync()
 	if burst := p.f.lim.Burst(); len(buf) > burst {
 		buf = buf[:burst]
@@ -187,8 +191,11 @@ func (p *Pacer) Read(r io.Reader, buf []byte) (int, error) {
 }
 
 // Write writes buf to w in pieces of at most the bucket's burst, each once
-// its tokens are there.
+// its tokens are there. A nil Pacer writes buf to w unshaped.
 func (p *Pacer) Write(w io.Writer, buf []byte) (int, error) {
+	if p == nil {
+		return w.Write(buf)
+	}
 	written := 0
 	for len(buf) > 0 {
 		p.b.sync()

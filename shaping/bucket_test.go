@@ -182,3 +182,26 @@ func TestWaitEndsWithTheContext(t *testing.T) {
 		}
 	})
 }
+
+func TestReadsLargerThanTheBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// A 10 kB burst, smaller than the proxy's 32 KiB buffers: each read
+		// is cut to the burst, so that no wait asks for more than the
+		// bucket can hold.
+		b := NewLimiter(Limits{Rate: 1 * mb, Burst: 10_000}).Bucket(Limits{})
+		// transfer fails the test on a read error.
+		near(t, "1 MB with a 10 kB burst in 32 KiB reads", transfer(t, b.Pacer(t.Context(), Download), 1*mb), 990*time.Millisecond, 0.01)
+	})
+}
+
+func TestNilPacerDoesNotShape(t *testing.T) {
+	// With shaping off a stream has no Pacer: its bytes go straight through.
+	var p *Pacer
+	var w countingWriter
+	if n, err := p.Write(&w, make([]byte, 1000)); n != 1000 || err != nil || w.n != 1000 {
+		t.Errorf("nil Pacer Write: %d, %v (%d arrived); want 1000, nil", n, err, w.n)
+	}
+	if n, err := p.Read(zeros{}, make([]byte, 1000)); n != 1000 || err != nil {
+		t.Errorf("nil Pacer Read: %d, %v; want 1000, nil", n, err)
+	}
+}

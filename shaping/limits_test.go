@@ -56,3 +56,10 @@ func TestLimitsValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultLimitsAreThePlatformsPromise(t *testing.T) {
+	// 20 MB/s (160 Mbit/s) and 1.6 GB (12.8 Gbit), in decimal units.
+	if got, want := DefaultLimits, (Limits{Rate: 20e6, Burst: 1.6e9}); got != want {
+		t.Errorf("DefaultLimits = %+v, want %+v", got, want)
+	}
+}

@@ -28,10 +28,28 @@ type Heartbeat struct {
 // as gone.
 const missedBeats = 3
 
+// MaxInterval is the longest heartbeat interval a router is believed: a
+// heartbeat announcing a longer one counts as announcing MaxInterval, so
+// that a wrong or hostile peer is counted for at most missedBeats ×
+// MaxInterval after its last word.
+const MaxInterval = 10 * time.Second
+
+// interval returns the time hb announces until its router's next beat,
+// at most MaxInterval, and false if hb is malformed.
+func (hb Heartbeat) interval() (time.Duration, bool) {
+	if hb.V != 1 || hb.Router == "" || hb.IntervalMS <= 0 {
+		return 0, false
+	}
+	if hb.IntervalMS >= MaxInterval.Milliseconds() {
+		return MaxInterval, true
+	}
+	return time.Duration(hb.IntervalMS) * time.Millisecond, true
+}
+
 // Peers announces this router to the others of its region and counts them
-// from their heartbeats: every router that published one in the last three
-// of its intervals, this one included. With a Limiter, it keeps the
-// Limiter's peer count equal to that number.
+// from their heartbeats: this router, and every other that published one in
+// the last three of its intervals. With a Limiter, it keeps the Limiter's
+// peer count equal to that number.
 type Peers struct {
 	// Conn is the NATS connection heartbeats go through. Required.
 	Conn *nats.Conn
@@ -40,7 +58,8 @@ type Peers struct {
 	// ID names this router among its peers; empty means the host name and
 	// a random suffix.
 	ID string
-	// Interval is the time between two heartbeats; zero means one second.
+	// Interval is the time between two heartbeats; zero means one second,
+	// and more than MaxInterval means MaxInterval.
 	Interval time.Duration
 	// Limiter, if set, gets the peer count; nil only announces this router
 	// (for a router whose peer count is fixed).
@@ -56,6 +75,7 @@ func (p *Peers) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
+	interval = min(interval, MaxInterval)
 	id := p.ID
 	if id == "" {
 		id = newID()
@@ -74,17 +94,34 @@ func (p *Peers) Run(ctx context.Context) error {
 		// nats.go buffers them while it reconnects.
 		_ = p.Conn.Publish(subject, data)
 	}
-	seen := map[string]time.Time{} // router → when it stops counting
-	count := func(now time.Time) {
+	c := newCensus(id)
+	// expiry fires when the next router is due to be counted out.
+	expiry := time.NewTimer(interval)
+	defer expiry.Stop()
+	reconnects := p.Conn.Stats().Reconnects
+	cutOff := false
+	// awake reports whether NATS is connected. After an outage, during
+	// which nobody could be heard, it first gives every router its missed
+	// beats again from now rather than count them all out.
+	awake := func(now time.Time) bool {
 		if !p.Conn.IsConnected() {
+			cutOff = true
+			return false
+		}
+		if r := p.Conn.Stats().Reconnects; cutOff || r != reconnects {
+			cutOff, reconnects = false, r
+			c.resume(now)
+		}
+		return true
+	}
+	count := func(now time.Time) {
+		if !awake(now) {
 			return // nothing can be heard: keep the last count
 		}
-		for r, until := range seen {
-			if now.After(until) {
-				delete(seen, r)
-			}
+		n := c.count(now)
+		if next, ok := c.next(); ok {
+			expiry.Reset(next.Sub(now))
 		}
-		n := max(len(seen), 1)
 		if p.Limiter != nil && p.Limiter.Peers() != n {
 			p.Limiter.SetPeers(n)
 			p.Logger.Info().Int("peers", n).Msg("shaping peers changed: each container's allowance is shared by this many routers")
@@ -100,27 +137,98 @@ func (p *Peers) Run(ctx context.Context) error {
 			beat(true)
 			_ = p.Conn.FlushTimeout(time.Second)
 			return nil
-		case now := <-tick.C:
+		case <-tick.C:
 			beat(false)
-			count(now)
+			count(time.Now())
+		case <-expiry.C:
+			count(time.Now())
 		case m := <-msgs:
 			var hb Heartbeat
-			if err := json.Unmarshal(m.Data, &hb); err != nil || hb.V != 1 || hb.Router == "" || hb.IntervalMS <= 0 {
+			if err := json.Unmarshal(m.Data, &hb); err != nil {
 				p.Logger.Debug().Str("data", string(m.Data)).Msg("heartbeat ignored: malformed")
 				continue
 			}
-			_, known := seen[hb.Router]
-			if hb.Leaving {
-				delete(seen, hb.Router)
-			} else {
-				if !known && hb.Router != id {
-					beat(false) // a newcomer learns of this router at once
-				}
-				seen[hb.Router] = time.Now().Add(missedBeats * time.Duration(hb.IntervalMS) * time.Millisecond)
+			now := time.Now()
+			awake(now) // after an outage, resume before this beat counts
+			newcomer, ok := c.heard(hb, now)
+			if !ok {
+				p.Logger.Debug().Str("data", string(m.Data)).Msg("heartbeat ignored: malformed")
+				continue
 			}
-			count(time.Now())
+			if newcomer {
+				beat(false) // a newcomer learns of this router at once
+			}
+			count(now)
 		}
 	}
+}
+
+// census is the count of a router's peers, in explicit time: this router,
+// and every other heard from in the last missedBeats of its intervals.
+type census struct {
+	self   string
+	others map[string]peer
+}
+
+// peer is another router as last heard from.
+type peer struct {
+	interval time.Duration
+	until    time.Time // when it stops counting
+}
+
+func newCensus(self string) *census {
+	return &census{self: self, others: map[string]peer{}}
+}
+
+// heard records hb, received at now. It reports whether hb comes from a
+// router not counted until then, and false for ok if hb is malformed.
+// This router's own heartbeats, echoed by NATS, change nothing.
+func (c *census) heard(hb Heartbeat, now time.Time) (newcomer, ok bool) {
+	interval, ok := hb.interval()
+	if !ok {
+		return false, false
+	}
+	if hb.Router == c.self {
+		return false, true
+	}
+	_, known := c.others[hb.Router]
+	if hb.Leaving {
+		delete(c.others, hb.Router)
+		return false, true
+	}
+	c.others[hb.Router] = peer{interval: interval, until: now.Add(missedBeats * interval)}
+	return !known, true
+}
+
+// resume gives every router missedBeats intervals from now, for a router
+// that could hear no one until now.
+func (c *census) resume(now time.Time) {
+	for id, p := range c.others {
+		p.until = now.Add(missedBeats * p.interval)
+		c.others[id] = p
+	}
+}
+
+// count counts out the routers silent until their deadline and returns the
+// number left, this router included.
+func (c *census) count(now time.Time) int {
+	for id, p := range c.others {
+		if !now.Before(p.until) {
+			delete(c.others, id)
+		}
+	}
+	return 1 + len(c.others)
+}
+
+// next returns the earliest deadline, false if no other router counts.
+func (c *census) next() (time.Time, bool) {
+	var first time.Time
+	for _, p := range c.others {
+		if first.IsZero() || p.until.Before(first) {
+			first = p.until
+		}
+	}
+	return first, !first.IsZero()
 }
 
 // newID returns the host name with a random suffix, unique among restarts.

@@ -48,7 +48,8 @@ type NATS struct {
 	Server *server.Server
 	// Dir is the JetStream store; a server restarted on it keeps the
 	// streams.
-	Dir string
+	Dir  string
+	addr string // HOST:PORT, kept for a restart
 }
 
 // StartNATS starts a NATS server on a random loopback port with its store in
@@ -66,9 +67,20 @@ func StartNATSIn(t testing.TB, dir string) *NATS {
 	if err != nil {
 		t.Fatalf("start NATS: %v", err)
 	}
-	n := &NATS{Server: ns, Dir: dir}
+	n := &NATS{Server: ns, Dir: dir, addr: ns.Addr().String()}
 	t.Cleanup(n.Stop)
 	return n
+}
+
+// Restart starts the server again after Stop, on the same address and
+// store, as an operator's restart of NATS: clients reconnect to it.
+func (n *NATS) Restart(t testing.TB) {
+	t.Helper()
+	ns, err := events.StartServer(events.ServerConfig{Listen: n.addr, DataDir: n.Dir, Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("restart NATS: %v", err)
+	}
+	n.Server = ns
 }
 
 // URL returns the URL clients connect to.
@@ -130,12 +142,17 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 //	/sse/N/D     sends N server-sent events, one every D, then waits until
 //	             the client goes
 //	/ws/echo     a WebSocket that sends every message back
+//	/ws/push/N   a WebSocket that sends N bytes (binary messages of 32 KiB)
+//	             then closes normally
+//	/ws/sink/N   a WebSocket that reads N bytes, then sends one text
+//	             message with the number of bytes it read and closes
 //	/hsts        a reply with the app's own Strict-Transport-Security
 type Container struct {
 	App  string
 	ID   string
 	Port int
 	hits atomic.Int64
+	read atomic.Int64 // request body bytes read, all requests together
 	srv  *http.Server
 	host string // the IP it listens on
 }
@@ -186,6 +203,8 @@ func (c *Container) handler() http.Handler {
 	mux.HandleFunc("/cut", c.serveCut)
 	mux.HandleFunc("/sse/{n}/{d}", c.serveSSE)
 	mux.HandleFunc("/ws/echo", c.serveEcho)
+	mux.HandleFunc("/ws/push/{n}", c.servePush)
+	mux.HandleFunc("/ws/sink/{n}", c.serveSink)
 	mux.HandleFunc("/hsts", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Strict-Transport-Security", AppHSTS)
 		c.serve(w, r)
@@ -217,9 +236,17 @@ func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Con
 
 func (c *Container) serve(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
-	n, _ := io.Copy(io.Discard, r.Body)
+	n, _ := io.Copy(io.Discard, readerFunc(func(p []byte) (int, error) {
+		n, err := r.Body.Read(p)
+		c.read.Add(int64(n))
+		return n, err
+	}))
 	c.reply(w, r, n)
 }
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func (c *Container) serveBytes(w http.ResponseWriter, r *http.Request) {
 	c.hits.Add(1)
@@ -331,11 +358,70 @@ func (c *Container) serveEcho(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// wsSize accepts a WebSocket whose path ends in a byte count, or answers
+// 400 and returns nil.
+func wsSize(w http.ResponseWriter, r *http.Request) (*websocket.Conn, int64) {
+	n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "want a byte count", http.StatusBadRequest)
+		return nil, 0
+	}
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return nil, 0 // Accept has answered the client
+	}
+	ws.SetReadLimit(-1)
+	return ws, n
+}
+
+func (c *Container) servePush(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	ws, n := wsSize(w, r)
+	if ws == nil {
+		return
+	}
+	defer ws.CloseNow()
+	msg := make([]byte, 32<<10)
+	for n > 0 {
+		chunk := min(n, int64(len(msg)))
+		if err := ws.Write(r.Context(), websocket.MessageBinary, msg[:chunk]); err != nil {
+			return
+		}
+		n -= chunk
+	}
+	_ = ws.Close(websocket.StatusNormalClosure, "")
+}
+
+func (c *Container) serveSink(w http.ResponseWriter, r *http.Request) {
+	c.hits.Add(1)
+	ws, n := wsSize(w, r)
+	if ws == nil {
+		return
+	}
+	defer ws.CloseNow()
+	var got int64
+	for got < n {
+		_, msg, err := ws.Read(r.Context())
+		if err != nil {
+			return
+		}
+		got += int64(len(msg))
+	}
+	if err := ws.Write(r.Context(), websocket.MessageText, []byte(strconv.FormatInt(got, 10))); err != nil {
+		return
+	}
+	_ = ws.Close(websocket.StatusNormalClosure, "")
+}
+
 // Address returns the container's HOST:PORT, as events carry it.
 func (c *Container) Address() string { return net.JoinHostPort(c.host, strconv.Itoa(c.Port)) }
 
 // Event returns the container as events carry it.
 func (c *Container) Event() events.Container { return events.Container{ID: c.ID, Address: c.Address()} }
+
+// BodyBytes returns the number of request body bytes the container has
+// read so far, all requests together, as they arrive.
+func (c *Container) BodyBytes() int64 { return c.read.Load() }
 
 // Hits returns the number of requests the container has answered.
 func (c *Container) Hits() int64 { return c.hits.Load() }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -252,6 +253,20 @@ func TestCLIPublishesEveryKind(t *testing.T) {
 
 // TestServeEmbedded runs the single-binary router as an operator would and
 // drives it with the publishing commands.
+func TestServeShapesByDefault(t *testing.T) {
+	// Without shaping flags, sluice serve keeps the platform's promise.
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	serveFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"container-rate": "20MB", "container-burst": "1.6GB", "shaping-peers": "auto"} {
+		if got := fs.Lookup(name).Value.String(); got != want {
+			t.Errorf("--%s defaults to %q, want %q", name, got, want)
+		}
+	}
+}
+
 func TestServeEmbedded(t *testing.T) {
 	logR, logW := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
