@@ -274,6 +274,8 @@ func decodePayload(data []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: unsupported version %d (this router reads %d)", ErrInvalid, *w.V, Version)
 	case w.Generation == nil:
 		return Event{}, fmt.Errorf("%w: no generation", ErrInvalid)
+	case w.Kind.Aspect() == "":
+		return Event{}, fmt.Errorf("%w: unknown kind %q", ErrInvalid, w.Kind)
 	}
 	ev := Event{Kind: w.Kind, App: w.App, Generation: *w.Generation, Rate: w.Rate, Burst: w.Burst,
 		Options: AppOptions{Balance: w.Balance, Sticky: w.Sticky, ErrorPage: w.ErrorPage,

@@ -275,7 +275,7 @@ func TestMalformedEventsRejected(t *testing.T) {
 		{"truncated", containers, `{"v":1,"kind":"deploy"`, "malformed JSON: unexpected EOF"},
 		{"no version", containers, `{"kind":"deploy","app":"app","generation":9,"containers":[]}`, "no version (v)"},
 		{"future version", containers, `{"v":2,"kind":"deploy","app":"app","generation":9,"containers":[]}`, "unsupported version 2"},
-		{"unknown kind", containers, `{"v":1,"kind":"explode","app":"app","generation":9,"containers":[]}`, "explode event"},
+		{"unknown kind", containers, `{"v":1,"kind":"explode","app":"app","generation":9,"containers":[]}`, `unknown kind "explode"`},
 		{"unknown field", containers, `{"v":1,"kind":"deploy","app":"app","generation":9,"containres":[]}`, `unknown field "containres"`},
 		{"missing containers", containers, `{"v":1,"kind":"deploy","app":"app","generation":9}`, "deploy event without containers"},
 		{"app mismatch", containers, `{"v":1,"kind":"deploy","app":"other","generation":9,"containers":[]}`, `app "other" in the payload`},
