@@ -65,6 +65,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"cert without key", []string{"cert", "--domain", "a.example.com", "--cert", "c.pem"}, "give --cert and --key"},
 		{"cert delete with files", []string{"cert", "--domain", "a.example.com", "--delete", "--cert", "c.pem"}, "takes no"},
 		{"cert missing file", []string{"cert", "--domain", "a.example.com", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"}, "no such file"},
+		{"bad inbox prefix", []string{"delete", "--app", "a", "--nats-inbox-prefix", "_INBOX_cp.>"}, "nats-inbox-prefix"},
 		{"serve bad default cert", []string{"serve", "--default-cert", "/nonexistent/d.pem"}, "--default-cert"},
 		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
 		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
