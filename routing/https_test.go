@@ -125,6 +125,14 @@ func TestHTTPSBySNI(t *testing.T) {
 			t.Fatalf("served by %q, want w1", reply.Container)
 		}
 	})
+	t.Run("exact certificate beats the wildcard", func(t *testing.T) {
+		exact := w.publishCert(t, ca, "api.wild.example.com", testenv.CertOptions{})
+		waitCert(t, w.r, ca, "api.wild.example.com", exact)
+		cert, err := handshake(t, w.r, ca, "other.wild.example.com", nil)
+		if err != nil || cert.SerialNumber.String() != wildSerial {
+			t.Fatalf("other.wild.example.com: %v, serial %v; want the wildcard's %s", err, cert, wildSerial)
+		}
+	})
 	t.Run("TLS 1.2 and 1.3 only", func(t *testing.T) {
 		for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 			if _, err := handshake(t, w.r, ca, "shop.example.com", &tls.Config{MinVersion: v, MaxVersion: v}); err != nil {
@@ -146,13 +154,18 @@ func TestHTTPSBySNI(t *testing.T) {
 		}
 	})
 	t.Run("misdirected", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, "https://shop.example.com/", nil)
-		req.Host = "api.wild.example.com"
-		resp, err := client.Do(req)
-		must(t, err)
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		wantError(t, resp, body, http.StatusMisdirectedRequest, "misdirected")
+		for _, host := range []string{"api.wild.example.com", "nope.example.com"} {
+			t.Run(host, func(t *testing.T) {
+				// The connection names shop; the request another app, or none.
+				req, _ := http.NewRequest(http.MethodGet, "https://shop.example.com/", nil)
+				req.Host = host
+				resp, err := client.Do(req)
+				must(t, err)
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				wantError(t, resp, body, http.StatusMisdirectedRequest, "misdirected")
+			})
+		}
 	})
 }
 
@@ -182,19 +195,31 @@ func TestCertificatesAreChecked(t *testing.T) {
 			}
 		})
 	}
-	// A router refuses what a careless publisher sends, and keeps serving
-	// the previous certificate.
-	data, _ := json.Marshal(map[string]any{"v": 1, "kind": "cert", "domain": "shop.example.com", "generation": w.gen.Add(1), "cert": expired, "key": expiredKey})
-	publishRaw(t, w.n.JetStream(t), events.CertSubject(region, "shop.example.com"), string(data))
-	deadline := time.Now().Add(testenv.Timeout)
-	for status(t, w.r).Events.Rejected == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the router did not reject an expired certificate")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if cert, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil || cert.SerialNumber.String() != good {
-		t.Fatalf("after a refused certificate: %v, serial %v; want the previous one", err, cert)
+	// A router refuses what a careless publisher sends, says why, and keeps
+	// serving the previous certificate.
+	js := w.n.JetStream(t)
+	for i, tt := range []struct{ name, chain, key, want string }{
+		{"key of another certificate", chain, otherKey, "private key does not match"},
+		{"expired", expired, expiredKey, "expired"},
+		{"another domain", other, otherDomainKey, "does not cover shop.example.com"},
+	} {
+		t.Run("router refuses "+tt.name, func(t *testing.T) {
+			data, _ := json.Marshal(map[string]any{"v": 1, "kind": "cert", "domain": "shop.example.com", "generation": w.gen.Add(1), "cert": tt.chain, "key": tt.key})
+			publishRaw(t, js, events.CertSubject(region, "shop.example.com"), string(data))
+			deadline := time.Now().Add(testenv.Timeout)
+			for status(t, w.r).Events.Rejected < uint64(i+1) {
+				if time.Now().After(deadline) {
+					t.Fatal("the router did not refuse the certificate")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if !strings.Contains(w.logs.String(), tt.want) {
+				t.Fatalf("the log does not say %q:\n%s", tt.want, w.logs.String())
+			}
+			if cert, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil || cert.SerialNumber.String() != good {
+				t.Fatalf("after a refused certificate: %v, serial %v; want the previous one", err, cert)
+			}
+		})
 	}
 	if strings.Contains(w.logs.String(), "PRIVATE KEY") {
 		t.Fatal("a private key reached the log")
@@ -202,7 +227,7 @@ func TestCertificatesAreChecked(t *testing.T) {
 
 	// A removed certificate is no longer served.
 	must(t, w.pub.DeleteCert(ctx(t), "shop.example.com", w.gen.Add(1)))
-	deadline = time.Now().Add(testenv.Timeout)
+	deadline := time.Now().Add(testenv.Timeout)
 	for {
 		if _, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil {
 			break
