@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,6 +51,17 @@ func (s *certSet) getWild(name string) (*tls.Certificate, bool) {
 		return s.wild.Get(name[i+1:])
 	}
 	return nil, false
+}
+
+// has reports whether domain, exact or wildcard, has a certificate.
+func (s *certSet) has(domain string) bool {
+	var ok bool
+	if w, wild := strings.CutPrefix(domain, "*."); wild {
+		_, ok = s.wild.Get(w)
+	} else {
+		_, ok = s.exact.Get(domain)
+	}
+	return ok
 }
 
 func (s *certSet) set(domain string, c *tls.Certificate) {
@@ -153,11 +165,33 @@ func LoadCertFile(path string) (*tls.Certificate, error) {
 	return &cert, nil
 }
 
+// loadDirCert loads a file of the certificate directory: a chain and its
+// key (LoadCertFile), whose leaf must be valid at now, as a published
+// certificate's, and list at least one DNS name to be served for.
+func loadDirCert(path string, now time.Time) (*tls.Certificate, error) {
+	cert, err := LoadCertFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := events.CheckValidity(cert.Leaf, now); err != nil {
+		return nil, &os.PathError{Op: "load certificate", Path: path, Err: err}
+	}
+	if len(cert.Leaf.DNSNames) == 0 {
+		return nil, &os.PathError{Op: "load certificate", Path: path, Err: errNoDNSNames}
+	}
+	return cert, nil
+}
+
+// errNoDNSNames refuses a directory certificate that names no domain to
+// serve it for.
+var errNoDNSNames = errors.New("the certificate lists no DNS name")
+
 // watchDir loads every *.pem file of dir (a chain and its key each, served
 // for the names the certificate lists) and reloads them when a file changes,
 // is added or removed, checking every interval until ctx is done. A file
-// that cannot be loaded is logged and skipped; the certificates it held
-// before stay.
+// that cannot be loaded, or whose certificate is expired, not yet valid or
+// names no domain, is logged and skipped; the certificates it held before
+// stay. A removed file's certificates go.
 func (c *Certs) watchDir(ctx context.Context, dir string, interval time.Duration) error {
 	type stamp struct {
 		size int64
@@ -178,7 +212,7 @@ func (c *Certs) watchDir(ctx context.Context, dir string, interval time.Duration
 		if seen == nil || !mapsEqual(seen, now) {
 			next := map[string]*tls.Certificate{}
 			for f := range now {
-				cert, err := LoadCertFile(f)
+				cert, err := loadDirCert(f, time.Now())
 				if err != nil {
 					c.log.Warn().Str("file", f).Str("reason", err.Error()).Msg("certificate file skipped")
 					if prev, ok := loaded[f]; ok {
@@ -225,7 +259,7 @@ func buildSet(byFile map[string]*tls.Certificate) *certSet {
 		cert := byFile[f]
 		for _, name := range cert.Leaf.DNSNames {
 			name = strings.ToLower(name)
-			if _, ok := s.get(name); ok && !strings.HasPrefix(name, "*.") {
+			if s.has(name) {
 				continue
 			}
 			s.set(name, cert)

@@ -443,13 +443,14 @@ func (c *captureConn) SetDeadline(time.Time) error { return nil }
 func TestCertDirectory(t *testing.T) {
 	dir := t.TempDir()
 	ca := testenv.NewCA(t)
-	write := func(file string, names ...string) string {
-		chain, key := ca.Issue(t, testenv.CertOptions{}, names...)
+	writeWith := func(file string, opts testenv.CertOptions, names ...string) string {
+		chain, key := ca.Issue(t, opts, names...)
 		must(t, os.WriteFile(filepath.Join(dir, file), []byte(chain+key), 0o600))
 		cert, err := tls.X509KeyPair([]byte(chain), []byte(key))
 		must(t, err)
 		return cert.Leaf.SerialNumber.String()
 	}
+	write := func(file string, names ...string) string { return writeWith(file, testenv.CertOptions{}, names...) }
 	first := write("static.pem", "static.example.com", "*.static.example.com")
 	must(t, os.WriteFile(filepath.Join(dir, "broken.pem"), []byte("not a certificate"), 0o600))
 	w := newWorld(t, routing.Config{CertDir: dir, CertDirInterval: 20 * time.Millisecond})
@@ -470,7 +471,59 @@ func TestCertDirectory(t *testing.T) {
 	}
 	waitCert(t, w.r, ca, "static.example.com", second)
 
+	// Certificates a published one would be refused for are refused, with
+	// the reason: expired, or naming no domain.
+	writeWith("expired.pem", testenv.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, "expired.example.com")
+	writeWith("unnamed.pem", testenv.CertOptions{})
+	waitLog(t, w, filepath.Join(dir, "expired.pem"), "expired on")
+	waitLog(t, w, filepath.Join(dir, "unnamed.pem"), "no DNS name")
+	if _, err := handshake(t, w.r, ca, "expired.example.com", &tls.Config{InsecureSkipVerify: true}); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("handshake for an expired file's name: %v, want the alert unrecognized_name", err)
+	}
+
+	// The first file naming a wildcard wins, as for exact names; removing a
+	// file unloads its certificate.
+	tieB := write("tie-b.pem", "*.tie.example.com")
+	waitCert(t, w.r, ca, "x.tie.example.com", tieB)
+	tieA := write("tie-a.pem", "*.tie.example.com")
+	waitCert(t, w.r, ca, "x.tie.example.com", tieA)
+	must(t, os.Remove(filepath.Join(dir, "tie-a.pem")))
+	waitCert(t, w.r, ca, "x.tie.example.com", tieB)
+	must(t, os.Remove(filepath.Join(dir, "tie-b.pem")))
+	deadline = time.Now().Add(testenv.Timeout)
+	for {
+		if _, err := handshake(t, w.r, ca, "x.tie.example.com", nil); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate of a removed file is still served")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	// A certificate on the bus wins over the directory's.
 	bus := w.publishCert(t, ca, "static.example.com", testenv.CertOptions{})
 	waitCert(t, w.r, ca, "static.example.com", bus)
+}
+
+// waitLog waits until a line of the router's log contains every one of
+// parts.
+func waitLog(t *testing.T, w *world, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		for line := range strings.Lines(w.logs.String()) {
+			found := true
+			for _, p := range parts {
+				found = found && strings.Contains(line, p)
+			}
+			if found {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q:\n%s", parts, w.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
