@@ -259,6 +259,20 @@ func TestCertificatesSurviveRestart(t *testing.T) {
 	}
 }
 
+func TestUnknownServerNameRefused(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	ca := testenv.NewCA(t)
+	_, err := handshake(t, w.r, ca, "nope.example.com", nil)
+	if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("handshake for an unknown name: %v, want the alert unrecognized_name", err)
+	}
+	waitLog(t, w, `"level":"debug"`, `"sni":"nope.example.com"`, "no certificate for the server name")
+	w.r.Stop(t) // the HTTPS server has logged all it will
+	if logs := w.logs.String(); strings.Contains(logs, "no certificates configured") {
+		t.Fatalf("the refusal is also logged as crypto/tls's misleading error:\n%s", logs)
+	}
+}
+
 func TestDefaultCertificate(t *testing.T) {
 	ca := testenv.NewCA(t)
 	chain, key := ca.Issue(t, testenv.CertOptions{}, "default.example.com")
