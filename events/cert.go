@@ -59,15 +59,24 @@ func ParseCert(domain, certPEM, keyPEM string, now time.Time) (*tls.Certificate,
 		}
 		cert.Leaf = leaf
 	}
-	switch {
-	case now.After(leaf.NotAfter):
-		return nil, fmt.Errorf("%w: certificate of %s expired on %s", ErrInvalid, domain, leaf.NotAfter.UTC().Format(time.RFC3339))
-	case now.Before(leaf.NotBefore):
-		return nil, fmt.Errorf("%w: certificate of %s is not valid before %s", ErrInvalid, domain, leaf.NotBefore.UTC().Format(time.RFC3339))
-	case !covers(leaf, domain):
+	if err := CheckValidity(leaf, now); err != nil {
+		return nil, fmt.Errorf("%w: certificate of %s: %w", ErrInvalid, domain, err)
+	}
+	if !covers(leaf, domain) {
 		return nil, fmt.Errorf("%w: certificate does not cover %s (it names %s)", ErrInvalid, domain, strings.Join(leaf.DNSNames, ", "))
 	}
 	return &cert, nil
+}
+
+// CheckValidity reports a leaf that is expired or not yet valid at now.
+func CheckValidity(leaf *x509.Certificate, now time.Time) error {
+	switch {
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return fmt.Errorf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // covers reports whether leaf is valid for domain; for a wildcard domain,

@@ -1,8 +1,11 @@
 package routing
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,6 +55,17 @@ func (s *certSet) getWild(name string) (*tls.Certificate, bool) {
 	return nil, false
 }
 
+// has reports whether domain, exact or wildcard, has a certificate.
+func (s *certSet) has(domain string) bool {
+	var ok bool
+	if w, wild := strings.CutPrefix(domain, "*."); wild {
+		_, ok = s.wild.Get(w)
+	} else {
+		_, ok = s.exact.Get(domain)
+	}
+	return ok
+}
+
 func (s *certSet) set(domain string, c *tls.Certificate) {
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
 		s.wild = s.wild.Set(w, c)
@@ -95,13 +109,39 @@ func (c *Certs) Lookup(serverName string) (*tls.Certificate, bool) {
 
 // GetCertificate is the tls.Config hook: the certificate for the
 // ClientHello's server name, else the default certificate, else none, which
-// makes the handshake fail with the alert unrecognized_name.
+// makes the handshake fail with the alert unrecognized_name. A refusal is
+// logged at debug level with the server name (scanners send many);
+// crypto/tls sends that alert only for its own "no certificates
+// configured" error, which handshakeLog keeps out of the log.
 func (c *Certs) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if cert, ok := c.Lookup(hello.ServerName); ok {
 		return cert, nil
 	}
+	if c.def == nil {
+		if e := c.log.Debug(); e.Enabled() {
+			if hello.Conn != nil {
+				e.Stringer("remote", hello.Conn.RemoteAddr())
+			}
+			e.Str("sni", hello.ServerName).Msg("TLS handshake refused: no certificate for the server name")
+		}
+	}
 	return c.def, nil
 }
+
+// handshakeLog is the HTTPS server's error log: it drops the line of a
+// handshake refused for want of a certificate ("tls: no certificates
+// configured", which GetCertificate has already logged, with the server
+// name) and passes the others on to next.
+type handshakeLog struct{ next io.Writer }
+
+func (w handshakeLog) Write(p []byte) (int, error) {
+	if bytes.HasSuffix(bytes.TrimRight(p, "\n"), []byte("tls: no certificates configured")) {
+		return len(p), nil
+	}
+	return w.next.Write(p)
+}
+
+var _ io.Writer = handshakeLog{}
 
 // Apply applies the certificate events of a batch; other events are
 // ignored. An event not newer than the domain's last one is ignored; one
@@ -153,11 +193,33 @@ func LoadCertFile(path string) (*tls.Certificate, error) {
 	return &cert, nil
 }
 
+// loadDirCert loads a file of the certificate directory: a chain and its
+// key (LoadCertFile), whose leaf must be valid at now, as a published
+// certificate's, and list at least one DNS name to be served for.
+func loadDirCert(path string, now time.Time) (*tls.Certificate, error) {
+	cert, err := LoadCertFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := events.CheckValidity(cert.Leaf, now); err != nil {
+		return nil, &os.PathError{Op: "load certificate", Path: path, Err: err}
+	}
+	if len(cert.Leaf.DNSNames) == 0 {
+		return nil, &os.PathError{Op: "load certificate", Path: path, Err: errNoDNSNames}
+	}
+	return cert, nil
+}
+
+// errNoDNSNames refuses a directory certificate that names no domain to
+// serve it for.
+var errNoDNSNames = errors.New("the certificate lists no DNS name")
+
 // watchDir loads every *.pem file of dir (a chain and its key each, served
 // for the names the certificate lists) and reloads them when a file changes,
 // is added or removed, checking every interval until ctx is done. A file
-// that cannot be loaded is logged and skipped; the certificates it held
-// before stay.
+// that cannot be loaded, or whose certificate is expired, not yet valid or
+// names no domain, is logged and skipped; the certificates it held before
+// stay. A removed file's certificates go.
 func (c *Certs) watchDir(ctx context.Context, dir string, interval time.Duration) error {
 	type stamp struct {
 		size int64
@@ -178,7 +240,7 @@ func (c *Certs) watchDir(ctx context.Context, dir string, interval time.Duration
 		if seen == nil || !mapsEqual(seen, now) {
 			next := map[string]*tls.Certificate{}
 			for f := range now {
-				cert, err := LoadCertFile(f)
+				cert, err := loadDirCert(f, time.Now())
 				if err != nil {
 					c.log.Warn().Str("file", f).Str("reason", err.Error()).Msg("certificate file skipped")
 					if prev, ok := loaded[f]; ok {
@@ -225,7 +287,7 @@ func buildSet(byFile map[string]*tls.Certificate) *certSet {
 		cert := byFile[f]
 		for _, name := range cert.Leaf.DNSNames {
 			name = strings.ToLower(name)
-			if _, ok := s.get(name); ok && !strings.HasPrefix(name, "*.") {
+			if s.has(name) {
 				continue
 			}
 			s.set(name, cert)

@@ -125,6 +125,14 @@ func TestHTTPSBySNI(t *testing.T) {
 			t.Fatalf("served by %q, want w1", reply.Container)
 		}
 	})
+	t.Run("exact certificate beats the wildcard", func(t *testing.T) {
+		exact := w.publishCert(t, ca, "api.wild.example.com", testenv.CertOptions{})
+		waitCert(t, w.r, ca, "api.wild.example.com", exact)
+		cert, err := handshake(t, w.r, ca, "other.wild.example.com", nil)
+		if err != nil || cert.SerialNumber.String() != wildSerial {
+			t.Fatalf("other.wild.example.com: %v, serial %v; want the wildcard's %s", err, cert, wildSerial)
+		}
+	})
 	t.Run("TLS 1.2 and 1.3 only", func(t *testing.T) {
 		for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 			if _, err := handshake(t, w.r, ca, "shop.example.com", &tls.Config{MinVersion: v, MaxVersion: v}); err != nil {
@@ -146,13 +154,18 @@ func TestHTTPSBySNI(t *testing.T) {
 		}
 	})
 	t.Run("misdirected", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, "https://shop.example.com/", nil)
-		req.Host = "api.wild.example.com"
-		resp, err := client.Do(req)
-		must(t, err)
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		wantError(t, resp, body, http.StatusMisdirectedRequest, "misdirected")
+		for _, host := range []string{"api.wild.example.com", "nope.example.com"} {
+			t.Run(host, func(t *testing.T) {
+				// The connection names shop; the request another app, or none.
+				req, _ := http.NewRequest(http.MethodGet, "https://shop.example.com/", nil)
+				req.Host = host
+				resp, err := client.Do(req)
+				must(t, err)
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				wantError(t, resp, body, http.StatusMisdirectedRequest, "misdirected")
+			})
+		}
 	})
 }
 
@@ -182,19 +195,31 @@ func TestCertificatesAreChecked(t *testing.T) {
 			}
 		})
 	}
-	// A router refuses what a careless publisher sends, and keeps serving
-	// the previous certificate.
-	data, _ := json.Marshal(map[string]any{"v": 1, "kind": "cert", "domain": "shop.example.com", "generation": w.gen.Add(1), "cert": expired, "key": expiredKey})
-	publishRaw(t, w.n.JetStream(t), events.CertSubject(region, "shop.example.com"), string(data))
-	deadline := time.Now().Add(testenv.Timeout)
-	for status(t, w.r).Events.Rejected == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the router did not reject an expired certificate")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if cert, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil || cert.SerialNumber.String() != good {
-		t.Fatalf("after a refused certificate: %v, serial %v; want the previous one", err, cert)
+	// A router refuses what a careless publisher sends, says why, and keeps
+	// serving the previous certificate.
+	js := w.n.JetStream(t)
+	for i, tt := range []struct{ name, chain, key, want string }{
+		{"key of another certificate", chain, otherKey, "private key does not match"},
+		{"expired", expired, expiredKey, "expired"},
+		{"another domain", other, otherDomainKey, "does not cover shop.example.com"},
+	} {
+		t.Run("router refuses "+tt.name, func(t *testing.T) {
+			data, _ := json.Marshal(map[string]any{"v": 1, "kind": "cert", "domain": "shop.example.com", "generation": w.gen.Add(1), "cert": tt.chain, "key": tt.key})
+			publishRaw(t, js, events.CertSubject(region, "shop.example.com"), string(data))
+			deadline := time.Now().Add(testenv.Timeout)
+			for status(t, w.r).Events.Rejected < uint64(i+1) {
+				if time.Now().After(deadline) {
+					t.Fatal("the router did not refuse the certificate")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if !strings.Contains(w.logs.String(), tt.want) {
+				t.Fatalf("the log does not say %q:\n%s", tt.want, w.logs.String())
+			}
+			if cert, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil || cert.SerialNumber.String() != good {
+				t.Fatalf("after a refused certificate: %v, serial %v; want the previous one", err, cert)
+			}
+		})
 	}
 	if strings.Contains(w.logs.String(), "PRIVATE KEY") {
 		t.Fatal("a private key reached the log")
@@ -202,7 +227,7 @@ func TestCertificatesAreChecked(t *testing.T) {
 
 	// A removed certificate is no longer served.
 	must(t, w.pub.DeleteCert(ctx(t), "shop.example.com", w.gen.Add(1)))
-	deadline = time.Now().Add(testenv.Timeout)
+	deadline := time.Now().Add(testenv.Timeout)
 	for {
 		if _, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil {
 			break
@@ -231,6 +256,20 @@ func TestCertificatesSurviveRestart(t *testing.T) {
 		if _, err := handshake(t, r, ca, "shop.example.com", nil); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestUnknownServerNameRefused(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	ca := testenv.NewCA(t)
+	_, err := handshake(t, w.r, ca, "nope.example.com", nil)
+	if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("handshake for an unknown name: %v, want the alert unrecognized_name", err)
+	}
+	waitLog(t, w, `"level":"debug"`, `"sni":"nope.example.com"`, "no certificate for the server name")
+	w.r.Stop(t) // the HTTPS server has logged all it will
+	if logs := w.logs.String(); strings.Contains(logs, "no certificates configured") {
+		t.Fatalf("the refusal is also logged as crypto/tls's misleading error:\n%s", logs)
 	}
 }
 
@@ -418,13 +457,14 @@ func (c *captureConn) SetDeadline(time.Time) error { return nil }
 func TestCertDirectory(t *testing.T) {
 	dir := t.TempDir()
 	ca := testenv.NewCA(t)
-	write := func(file string, names ...string) string {
-		chain, key := ca.Issue(t, testenv.CertOptions{}, names...)
+	writeWith := func(file string, opts testenv.CertOptions, names ...string) string {
+		chain, key := ca.Issue(t, opts, names...)
 		must(t, os.WriteFile(filepath.Join(dir, file), []byte(chain+key), 0o600))
 		cert, err := tls.X509KeyPair([]byte(chain), []byte(key))
 		must(t, err)
 		return cert.Leaf.SerialNumber.String()
 	}
+	write := func(file string, names ...string) string { return writeWith(file, testenv.CertOptions{}, names...) }
 	first := write("static.pem", "static.example.com", "*.static.example.com")
 	must(t, os.WriteFile(filepath.Join(dir, "broken.pem"), []byte("not a certificate"), 0o600))
 	w := newWorld(t, routing.Config{CertDir: dir, CertDirInterval: 20 * time.Millisecond})
@@ -445,7 +485,59 @@ func TestCertDirectory(t *testing.T) {
 	}
 	waitCert(t, w.r, ca, "static.example.com", second)
 
+	// Certificates a published one would be refused for are refused, with
+	// the reason: expired, or naming no domain.
+	writeWith("expired.pem", testenv.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, "expired.example.com")
+	writeWith("unnamed.pem", testenv.CertOptions{})
+	waitLog(t, w, filepath.Join(dir, "expired.pem"), "expired on")
+	waitLog(t, w, filepath.Join(dir, "unnamed.pem"), "no DNS name")
+	if _, err := handshake(t, w.r, ca, "expired.example.com", &tls.Config{InsecureSkipVerify: true}); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("handshake for an expired file's name: %v, want the alert unrecognized_name", err)
+	}
+
+	// The first file naming a wildcard wins, as for exact names; removing a
+	// file unloads its certificate.
+	tieB := write("tie-b.pem", "*.tie.example.com")
+	waitCert(t, w.r, ca, "x.tie.example.com", tieB)
+	tieA := write("tie-a.pem", "*.tie.example.com")
+	waitCert(t, w.r, ca, "x.tie.example.com", tieA)
+	must(t, os.Remove(filepath.Join(dir, "tie-a.pem")))
+	waitCert(t, w.r, ca, "x.tie.example.com", tieB)
+	must(t, os.Remove(filepath.Join(dir, "tie-b.pem")))
+	deadline = time.Now().Add(testenv.Timeout)
+	for {
+		if _, err := handshake(t, w.r, ca, "x.tie.example.com", nil); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate of a removed file is still served")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	// A certificate on the bus wins over the directory's.
 	bus := w.publishCert(t, ca, "static.example.com", testenv.CertOptions{})
 	waitCert(t, w.r, ca, "static.example.com", bus)
+}
+
+// waitLog waits until a line of the router's log contains every one of
+// parts.
+func waitLog(t *testing.T, w *world, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		for line := range strings.Lines(w.logs.String()) {
+			found := true
+			for _, p := range parts {
+				found = found && strings.Contains(line, p)
+			}
+			if found {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q:\n%s", parts, w.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -213,6 +213,7 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	r.http = server()
 	if cfg.HTTPSAddr != "off" {
 		r.https = server()
+		r.https.ErrorLog = log.New(handshakeLog{logWriter{cfg.Logger.With().Str("component", "http").Logger()}}, "", 0)
 		r.https.TLSConfig = &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: certs.GetCertificate,

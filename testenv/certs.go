@@ -63,7 +63,7 @@ type CertOptions struct {
 }
 
 // Issue returns a PEM chain (leaf, then the CA) and a PEM private key for
-// names.
+// names; with none, the certificate lists no DNS name.
 func (ca *CA) Issue(t testing.TB, opts CertOptions, names ...string) (certPEM, keyPEM string) {
 	t.Helper()
 	var key crypto.Signer
@@ -83,9 +83,13 @@ func (ca *CA) Issue(t testing.TB, opts CertOptions, names ...string) (certPEM, k
 		opts.NotAfter = time.Now().Add(24 * time.Hour)
 	}
 	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	cn := "unnamed"
+	if len(names) > 0 {
+		cn = names[0]
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: names[0]},
+		Subject:      pkix.Name{CommonName: cn},
 		DNSNames:     names,
 		NotBefore:    opts.NotBefore,
 		NotAfter:     opts.NotAfter,

@@ -67,6 +67,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"cert without key", []string{"cert", "--domain", "a.example.com", "--cert", "c.pem"}, "give --cert and --key"},
 		{"cert delete with files", []string{"cert", "--domain", "a.example.com", "--delete", "--cert", "c.pem"}, "takes no"},
 		{"cert missing file", []string{"cert", "--domain", "a.example.com", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"}, "no such file"},
+		{"bad inbox prefix", []string{"delete", "--app", "a", "--nats-inbox-prefix", "_INBOX_cp.>"}, "nats-inbox-prefix"},
 		{"serve bad default cert", []string{"serve", "--default-cert", "/nonexistent/d.pem"}, "--default-cert"},
 		{"bad balance", []string{"domains", "--app", "a", "--domain", "a.example.com", "--balance", "random"}, "balance"},
 		{"relative error page", []string{"domains", "--app", "a", "--domain", "a.example.com", "--error-page", "/oops.html"}, "error page"},
@@ -228,8 +229,22 @@ func TestCLIPublishesEveryKind(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--cert", filepath.Join(dir, "chain.pem"), "--key", filepath.Join(dir, "other.pem")); code != 2 || !strings.Contains(stderr, "does not match") || strings.Contains(stderr, "PRIVATE") {
-		t.Fatalf("cert with the wrong key: exit %d, %s", code, stderr)
+	expired, expiredKey := ca.Issue(t, testenv.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, "fast.example.com")
+	elsewhere, elsewhereKey := ca.Issue(t, testenv.CertOptions{}, "slow.example.com")
+	for name, data := range map[string]string{"expired.pem": expired, "expired-key.pem": expiredKey, "elsewhere.pem": elsewhere, "elsewhere-key.pem": elsewhereKey} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct{ name, chain, key, want string }{
+		{"wrong key", "chain.pem", "other.pem", "does not match"},
+		{"expired", "expired.pem", "expired-key.pem", "expired"},
+		{"another domain", "elsewhere.pem", "elsewhere-key.pem", "does not cover fast.example.com"},
+	} {
+		_, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--cert", filepath.Join(dir, tt.chain), "--key", filepath.Join(dir, tt.key))
+		if code != 2 || !strings.Contains(stderr, tt.want) || strings.Contains(stderr, "PRIVATE") {
+			t.Fatalf("cert, %s: exit %d, %s; want 2 and %q", tt.name, code, stderr, tt.want)
+		}
 	}
 	if _, stderr, code := sluice(t, getenv, "cert", "--domain", "fast.example.com", "--generation", "1", "--cert", filepath.Join(dir, "chain.pem"), "--key", filepath.Join(dir, "key.pem")); code != 0 {
 		t.Fatalf("cert: exit %d, %s", code, stderr)

@@ -133,19 +133,26 @@ func certFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) err
 	}
 }
 
-// natsAuth is how a command authenticates to NATS and checks its
-// certificate.
-type natsAuth struct{ creds, ca string }
+// natsAuth is how a command authenticates to NATS, checks its certificate
+// and names the inbox its replies come to.
+type natsAuth struct {
+	creds, ca string
+	// inboxPrefix is the subject prefix of the connection's reply inboxes;
+	// giving each role its own, with subscribe permission on it alone, keeps
+	// one role from reading another's replies (a router's carry keys).
+	inboxPrefix inboxPrefixFlag
+}
 
 func natsAuthFlags(fs *flag.FlagSet) *natsAuth {
-	a := &natsAuth{}
+	a := &natsAuth{inboxPrefix: "_INBOX"} // NATS's own default
 	fs.StringVar(&a.creds, "nats-creds", "", "NATS credentials file (user JWT and NKey seed)")
 	fs.StringVar(&a.ca, "nats-ca", "", "PEM file of the CA that signed the NATS servers' certificates (for tls:// URLs)")
+	fs.Var(&a.inboxPrefix, "nats-inbox-prefix", "subject prefix of this connection's reply inboxes: one per role, matching its NATS subscribe permission")
 	return a
 }
 
 func (a *natsAuth) options() []nats.Option {
-	var opts []nats.Option
+	opts := []nats.Option{nats.CustomInboxPrefix(string(a.inboxPrefix))}
 	if a.creds != "" {
 		opts = append(opts, nats.UserCredentials(a.creds))
 	}
@@ -153,6 +160,20 @@ func (a *natsAuth) options() []nats.Option {
 		opts = append(opts, nats.RootCAs(a.ca))
 	}
 	return opts
+}
+
+// inboxPrefixFlag is a NATS inbox prefix: subject tokens, no wildcard, no
+// trailing dot.
+type inboxPrefixFlag string
+
+func (p *inboxPrefixFlag) String() string { return string(*p) }
+
+func (p *inboxPrefixFlag) Set(v string) error {
+	if err := nats.CustomInboxPrefix(v)(&nats.Options{}); err != nil {
+		return fmt.Errorf("%q: want subject tokens without wildcards, such as _INBOX_router", v)
+	}
+	*p = inboxPrefixFlag(v)
+	return nil
 }
 
 // publish validates ev (a usage error if invalid or too large: nothing is

@@ -126,6 +126,10 @@ func connect(url string, auth *natsAuth, listen, dataDir string, logger zerolog.
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
 		}),
+		// A permission the router lacks is reported here, and nowhere else.
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn().Err(err).Msg("NATS error")
+		}),
 	}
 	if url != "" {
 		// A router starts even while NATS is down: it serves nothing until
