@@ -61,6 +61,15 @@ func (e *unreachableError) Error() string {
 
 func (e *unreachableError) Unwrap() error { return e.err }
 
+// errClientIdle marks the failure of an exchange whose client sent or took
+// no byte within the idle timeout.
+var errClientIdle = errors.New("the client sent or took nothing within the idle timeout")
+
+// clientTimeout is the router's answer to a client that stalled.
+func clientTimeout(err error) *Error {
+	return &Error{Status: http.StatusRequestTimeout, Code: "client_timeout", Message: "The request stalled: nothing was sent or taken within the idle timeout.", Err: err}
+}
+
 // upstreamError maps a failure to proxy a request to a container, before the
 // response started, to the router's answer. It is the one place where such
 // failures get a status.
@@ -71,6 +80,8 @@ func upstreamError(ctx context.Context, err error) *Error {
 		ne          net.Error
 	)
 	switch {
+	case errors.Is(err, errClientIdle):
+		return clientTimeout(err)
 	case errors.As(err, &tooLarge):
 		return &Error{Status: ErrBodyTooLarge.Status, Code: ErrBodyTooLarge.Code, Message: ErrBodyTooLarge.Message, Err: err}
 	case errors.Is(ctx.Err(), context.Canceled):
@@ -89,6 +100,8 @@ func upstreamError(ctx context.Context, err error) *Error {
 func streamError(ctx context.Context, err error) *Error {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errClientIdle):
+		return clientTimeout(err)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return &Error{Status: StatusClientClosedRequest, Code: "client_closed", Message: "The client went away.", Err: err}
 	case errors.As(err, &ne) && ne.Timeout():

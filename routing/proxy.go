@@ -1,16 +1,19 @@
 package routing
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,6 +147,7 @@ type exchange struct {
 	// response's back; nil when shaping is off.
 	up, down *shaping.Pacer
 	bytesIn  countingBody
+	attempts int          // round trips tried, one per container
 	connect  atomic.Int64 // nanoseconds spent connecting to containers
 	ttfb     atomic.Int64 // nanoseconds from start to the response's headers
 }
@@ -187,15 +191,17 @@ func (x *exchange) throttled() time.Duration {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{start: time.Now(), requestID: requestID(r), secure: r.TLS != nil}
-	rec := &recorder{ResponseWriter: w}
+	idle := &clientIdle{rc: http.NewResponseController(w), idle: p.cfg.IdleTimeout}
+	rec := &recorder{ResponseWriter: w, idle: idle, in: &x.bytesIn.n}
 	rec.Header().Set(RequestIDHeader, x.requestID)
 	defer func() {
 		x.drop()
+		idle.finish()
 		// ReverseProxy aborts the connection (panic) when a response
 		// breaks after its headers were sent: log it, then let it go on.
 		v := recover()
 		if v == http.ErrAbortHandler && x.err == nil {
-			x.err = streamError(r.Context(), x.bodyErr)
+			x.err = streamError(r.Context(), idle.cause(x.bodyErr))
 		}
 		p.logAccess(r, rec, x)
 		if v != nil {
@@ -216,6 +222,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		x.bytesIn.ReadCloser = http.MaxBytesReader(rec, r.Body, p.cfg.MaxRequestBody)
+		x.bytesIn.idle = idle
 		r.Body = &x.bytesIn
 	}
 	p.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
@@ -423,6 +430,7 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			req.Body = rd
 		}
+		x.attempts++
 		resp, err := p.transport.RoundTrip(req)
 		if err == nil || !isDialError(err) || out.Context().Err() != nil {
 			return resp, err
@@ -537,20 +545,28 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// countingBody counts the bytes read from the client's request body.
+// countingBody counts the bytes read from the client's request body, and
+// holds each read to the client's idle window. The bytes a client sends on
+// an upgraded connection (WebSocket) are counted in n too.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n    atomic.Int64
+	idle *clientIdle
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	b.idle.reading()
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	b.idle.read(err)
 	return n, err
 }
 
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	x := exchangeOf(r)
+	if rec, ok := w.(*recorder); ok {
+		err = rec.idle.cause(err)
+	}
 	x.err = upstreamError(r.Context(), err)
 	p.writeError(w, r, x)
 }
@@ -579,8 +595,8 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange) {
 	if d := x.throttled(); d > 0 {
 		e.Dur("throttled_ms", d)
 	}
-	if n := len(x.tried); n > 0 {
-		e.Int("retries", n)
+	if x.attempts > 1 {
+		e.Int("retries", x.attempts-1)
 	}
 	if x.redirect != "" {
 		e.Str("redirect", x.redirect)
@@ -599,7 +615,7 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange) {
 		Str("path", r.URL.Path).
 		Int("status", status).
 		Int64("bytes_in", x.bytesIn.n.Load()).
-		Int64("bytes_out", rec.bytes).
+		Int64("bytes_out", rec.bytes.Load()).
 		Dur("duration_ms", time.Since(x.start)).
 		Str("request_id", x.requestID).
 		Str("remote", r.RemoteAddr).
@@ -647,19 +663,25 @@ func localPort(r *http.Request) string {
 	return port
 }
 
-// recorder notes the status and size of a response. Unwrap lets
-// http.ResponseController (used by ReverseProxy for flushing and protocol
-// upgrades) reach the connection's own writer.
+// recorder notes the status and size of a response, and holds each write
+// to the client's idle window. Unwrap lets http.ResponseController (used by
+// ReverseProxy for flushing) reach the connection's own writer; Hijack,
+// which ReverseProxy calls for a protocol upgrade (WebSocket), hands out
+// the client's connection wrapped to count its bytes and close it when
+// idle.
 type recorder struct {
 	http.ResponseWriter
+	idle   *clientIdle
+	in     *atomic.Int64 // counts what an upgraded client sends; nil: not counted
 	status int
-	bytes  int64
+	bytes  atomic.Int64 // an upgraded connection counts from its own goroutines
 }
 
 func (r *recorder) WriteHeader(code int) {
 	if r.status == 0 || r.status < 200 {
 		r.status = code
 	}
+	r.idle.writing()
 	r.ResponseWriter.WriteHeader(code)
 }
 
@@ -667,12 +689,142 @@ func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
+	r.idle.writing()
 	n, err := r.ResponseWriter.Write(b)
-	r.bytes += int64(n)
+	r.bytes.Add(int64(n))
+	r.idle.wrote(err)
 	return n, err
 }
 
+// FlushError sends what the response has buffered to the client.
+func (r *recorder) FlushError() error {
+	r.idle.writing()
+	err := r.idle.rc.Flush()
+	r.idle.wrote(err)
+	return err
+}
+
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack takes the client's connection over for an upgraded protocol: the
+// response is then 101 Switching Protocols, its bytes both ways are
+// counted, and the connection is closed after IdleTimeout without a byte
+// either way.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := r.idle.rc.Hijack()
+	if err != nil {
+		return nil, nil, fmt.Errorf("hijack the client connection: %w", err)
+	}
+	if r.status == 0 || r.status < 200 {
+		r.status = http.StatusSwitchingProtocols
+	}
+	c := &countedConn{Conn: newIdleConn(conn, r.idle.idle), in: r.in, out: &r.bytes}
+	// What the client sent beyond the upgrade request stays in brw's
+	// reader; writes go through the counted connection.
+	return c, bufio.NewReadWriter(brw.Reader, bufio.NewWriter(c)), nil
+}
+
+// countedConn counts the bytes read from and written to a connection.
+type countedConn struct {
+	net.Conn
+	in, out *atomic.Int64
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.in != nil {
+		c.in.Add(int64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// clientIdle holds the client's side of an exchange to the rolling idle
+// window, as idleConn holds the container's: each read of the request body
+// and each write of the response first pushes the client connection's read
+// or write deadline (the stream's, in HTTP/2) forward, so that a client
+// that stops sending its body or taking the response is cut off. A
+// deadline is moved at most every eighth of the window, and set to an
+// eighth beyond it: a stalled client is cut off after between IdleTimeout
+// and 9/8 of it.
+type clientIdle struct {
+	rc   *http.ResponseController
+	idle time.Duration
+	// readSet and writeSet are when each deadline was last set, in unix
+	// nanoseconds (0: not set).
+	readSet, writeSet atomic.Int64
+	// stalled is set when a read or write hit its deadline.
+	stalled atomic.Bool
+}
+
+// arm moves a deadline unless it was moved within the last eighth of the
+// window.
+func (c *clientIdle) arm(set *atomic.Int64, move func(time.Time) error) {
+	now := time.Now()
+	if last := set.Load(); last != 0 && now.UnixNano()-last < int64(c.idle/8) {
+		return
+	}
+	set.Store(now.UnixNano())
+	_ = move(now.Add(c.idle + c.idle/8)) // ErrNotSupported: the server has no deadlines to move
+}
+
+// reading is called before each read of the request body.
+func (c *clientIdle) reading() { c.arm(&c.readSet, c.rc.SetReadDeadline) }
+
+// read is called after each read of the request body with its error. At
+// the end of the body the read deadline is lifted: the server then reads
+// only to notice a client that goes away, which must not time out.
+func (c *clientIdle) read(err error) {
+	switch {
+	case err == io.EOF:
+		c.readSet.Store(0)
+		_ = c.rc.SetReadDeadline(time.Time{})
+	case isTimeout(err):
+		c.stalled.Store(true)
+	}
+}
+
+// writing is called before each write of the response.
+func (c *clientIdle) writing() { c.arm(&c.writeSet, c.rc.SetWriteDeadline) }
+
+// wrote is called after each write of the response with its error.
+func (c *clientIdle) wrote(err error) {
+	if isTimeout(err) {
+		c.stalled.Store(true)
+	}
+}
+
+// finish gives the server's last flush of the response one more window.
+// The next request on the connection moves the deadlines again before it
+// writes.
+func (c *clientIdle) finish() {
+	if c.writeSet.Load() != 0 {
+		_ = c.rc.SetWriteDeadline(time.Now().Add(c.idle))
+	}
+}
+
+// cause returns err, marked as the client's stall if the client's side hit
+// its idle deadline.
+func (c *clientIdle) cause(err error) error {
+	if !c.stalled.Load() {
+		return err
+	}
+	if err == nil {
+		return errClientIdle
+	}
+	return fmt.Errorf("%w: %w", errClientIdle, err)
+}
+
+// isTimeout reports whether err is a deadline that passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
+}
 
 // logWriter sends the standard library's log lines (from ReverseProxy and
 // http.Server) to zerolog.

@@ -55,8 +55,9 @@ type Config struct {
 	ResponseTimeout time.Duration
 	// IdleTimeout closes a connection to a container, and the client's
 	// request with it, after that long without a byte either way: a
-	// rolling window, also for WebSockets and server-sent events. Zero
-	// means 60s.
+	// rolling window, also for WebSockets and server-sent events. A client
+	// that stops sending its body or taking the response is cut off after
+	// as long (up to an eighth more). Zero means 60s.
 	IdleTimeout time.Duration
 	// ReadHeaderTimeout bounds the time a client takes to send its request
 	// headers. Zero means 10s.

@@ -329,8 +329,8 @@ func TestEveryContainerUnreachable(t *testing.T) {
 	b.Stop()
 	resp, body := w.get(t, "app", "/")
 	wantError(t, resp, body, http.StatusBadGateway, "container_unreachable")
-	w.waitLog(t, "with two attempts", func(l map[string]any) bool {
-		return l["error"] == "container_unreachable" && l["retries"] == 2.0
+	w.waitLog(t, "with one retry after the first attempt", func(l map[string]any) bool {
+		return l["error"] == "container_unreachable" && l["retries"] == 1.0
 	})
 }
 
@@ -806,5 +806,102 @@ func TestAccessLogLine(t *testing.T) {
 	}
 	if _, ok := l["error"]; ok {
 		t.Errorf("error %v on a request that went well", l["error"])
+	}
+}
+
+// dial opens a raw connection to the router's HTTP listener and sends
+// request on it.
+func dial(t *testing.T, r *testenv.Router, request string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
+	must(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = io.WriteString(conn, request)
+	must(t, err)
+	return conn
+}
+
+// A client that stops taking its response or sending its body holds its
+// connection and the router's handler no longer than the idle window.
+func TestClientIdleTimeout(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	w := newWorld(t, routing.Config{IdleTimeout: idle})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	soon := func(t *testing.T, start time.Time) {
+		t.Helper()
+		if got := time.Since(start); got > 5*idle {
+			t.Fatalf("the stalled exchange ended after %v, want within a few %v windows", got, idle)
+		}
+	}
+
+	t.Run("response never read", func(t *testing.T) {
+		const size = 1 << 30
+		start := time.Now()
+		conn := dial(t, w.r, "GET /bytes/"+strconv.Itoa(size)+" HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+		l := w.waitLog(t, "for the unread response", func(l map[string]any) bool { return l["path"] == "/bytes/"+strconv.Itoa(size) })
+		soon(t, start)
+		if l["error"] != "client_timeout" {
+			t.Errorf("error %v, want client_timeout", l["error"])
+		}
+		must(t, conn.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+		n, err := io.Copy(io.Discard, conn)
+		if err != nil || n >= size {
+			t.Fatalf("the client read %d bytes then %v; want the connection closed before the end", n, err)
+		}
+	})
+	t.Run("upload stalls", func(t *testing.T) {
+		start := time.Now()
+		conn := dial(t, w.r, "POST /upload HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 100\r\n\r\nabc")
+		must(t, conn.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+		if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+			if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get(routing.ErrorHeader) != "client_timeout" {
+				t.Errorf("got %d %q, want 408 client_timeout", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
+			}
+			resp.Body.Close()
+		}
+		l := w.waitLog(t, "for the stalled upload", func(l map[string]any) bool { return l["path"] == "/upload" })
+		soon(t, start)
+		if l["error"] != "client_timeout" || l["bytes_in"] != 3.0 {
+			t.Errorf("error %v with %v bytes in, want client_timeout after 3", l["error"], l["bytes_in"])
+		}
+	})
+	t.Run("websocket client stops reading", func(t *testing.T) {
+		ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+		must(t, err)
+		defer ws.CloseNow()
+		// The container echoes 16 MB, which the client never takes.
+		start := time.Now()
+		must(t, ws.Write(ctx(t), websocket.MessageBinary, make([]byte, 16<<20)))
+		l := w.waitLog(t, "for the WebSocket", func(l map[string]any) bool { return l["path"] == "/ws/echo" })
+		soon(t, start)
+		if l["status"] != 101.0 {
+			t.Errorf("status %v, want 101", l["status"])
+		}
+	})
+}
+
+// An upgraded connection's log line has its 101 and the bytes it relayed
+// each way.
+func TestWebSocketAccessLog(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+	must(t, err)
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	msg := make([]byte, 100_000)
+	must(t, ws.Write(ctx(t), websocket.MessageBinary, msg))
+	if _, got, err := ws.Read(ctx(t)); err != nil || len(got) != len(msg) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
+	l := w.waitLog(t, "for the WebSocket", func(l map[string]any) bool { return l["path"] == "/ws/echo" })
+	if l["status"] != 101.0 {
+		t.Errorf("status %v, want 101", l["status"])
+	}
+	for _, field := range []string{"bytes_in", "bytes_out"} {
+		if n, _ := l[field].(float64); n < float64(len(msg)) || n > float64(len(msg)+1000) {
+			t.Errorf("%s = %v, want the %d-byte message and its framing", field, l[field], len(msg))
+		}
 	}
 }
