@@ -477,11 +477,14 @@ func (keepOpen) Close() error { return nil }
 
 // modifyResponse paces the response body, or both ways of an upgraded
 // connection (WebSocket), with the container's bucket, notes a failure to
-// read the body, and gives a sticky app's client its cookie.
+// read the body, and gives a sticky app's client its cookie. The client
+// gets the router's X-Request-Id only, even from a container that sends
+// one back.
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	x := exchangeOf(resp.Request)
 	x.ttfb.Store(int64(time.Since(x.start)))
 	x.answered()
+	resp.Header.Del(RequestIDHeader)
 	if x.secure && x.app.Options.ForceHTTPS && resp.Header.Get("Strict-Transport-Security") == "" {
 		resp.Header.Set("Strict-Transport-Security", "max-age=31536000")
 	}

@@ -905,3 +905,25 @@ func TestWebSocketAccessLog(t *testing.T) {
 		}
 	}
 }
+
+// A container that sends the request's id back does not make the client
+// get it twice.
+func TestOneRequestID(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	const id = "client-chosen-id-0123456789"
+	for _, tt := range []struct{ name, sent, want string }{
+		{"generated", "", ""},
+		{"the client's", id, id},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := w.get(t, "app", "/request-id", routing.RequestIDHeader, tt.sent)
+			got := resp.Header.Values(routing.RequestIDHeader)
+			var reply testenv.Reply
+			must(t, json.Unmarshal(body, &reply))
+			if len(got) != 1 || got[0] != reply.Header.Get(routing.RequestIDHeader) || tt.want != "" && got[0] != tt.want {
+				t.Fatalf("the client got X-Request-Id %q, the container %q; want exactly one, the same", got, reply.Header.Get(routing.RequestIDHeader))
+			}
+		})
+	}
+}

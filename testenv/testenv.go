@@ -131,6 +131,8 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 //	             the client goes
 //	/ws/echo     a WebSocket that sends every message back
 //	/hsts        a reply with the app's own Strict-Transport-Security
+//	/request-id  a reply that sends back the X-Request-Id it got, as
+//	             frameworks that log it do
 type Container struct {
 	App  string
 	ID   string
@@ -186,6 +188,10 @@ func (c *Container) handler() http.Handler {
 	mux.HandleFunc("/cut", c.serveCut)
 	mux.HandleFunc("/sse/{n}/{d}", c.serveSSE)
 	mux.HandleFunc("/ws/echo", c.serveEcho)
+	mux.HandleFunc("/request-id", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", r.Header.Get("X-Request-Id"))
+		c.serve(w, r)
+	})
 	mux.HandleFunc("/hsts", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Strict-Transport-Security", AppHSTS)
 		c.serve(w, r)
