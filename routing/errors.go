@@ -75,6 +75,7 @@ func clientTimeout(err error) *Error {
 // failures get a status.
 func upstreamError(ctx context.Context, err error) *Error {
 	var (
+		routerErr   *Error
 		unreachable *unreachableError
 		tooLarge    *http.MaxBytesError
 		ne          net.Error
@@ -82,6 +83,8 @@ func upstreamError(ctx context.Context, err error) *Error {
 	switch {
 	case errors.Is(err, errClientIdle):
 		return clientTimeout(err)
+	case errors.As(err, &routerErr):
+		return routerErr // decided by the router while retrying (queue_full, …)
 	case errors.As(err, &tooLarge):
 		return &Error{Status: ErrBodyTooLarge.Status, Code: ErrBodyTooLarge.Code, Message: ErrBodyTooLarge.Message, Err: err}
 	case errors.Is(ctx.Err(), context.Canceled):

@@ -254,16 +254,32 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 			x.sticky = c.Value
 		}
 	}
+	x.app = app
+	return p.acquire(r.Context(), x)
+}
+
+// errAllTried is acquire's answer when every container of the app was
+// tried: RoundTrip reports the failure to connect to them.
+var errAllTried = &Error{Status: http.StatusBadGateway, Code: "container_unreachable", Message: "The app could not be reached."}
+
+// acquire takes a slot on one of x.app's containers that x has not tried,
+// waiting in the app's queue while they are all busy: a request that
+// failed to connect to one container waits for another like any request.
+func (p *Proxy) acquire(ctx context.Context, x *exchange) *Error {
+	app := x.app
 	var timeout <-chan time.Time
 	for {
 		x.app = app
 		if len(app.Containers) == 0 {
 			return ErrNoContainer
 		}
-		c, res := app.pick(x.sticky, p.cfg.MaxInflight, nil)
-		if res == picked {
+		c, res := app.pick(x.sticky, p.cfg.MaxInflight, x.tried)
+		switch res {
+		case picked:
 			x.take(c)
 			return nil
+		case noneLeft:
+			return errAllTried
 		}
 		q := &app.ref.queue
 		wake, ok := q.join(int(max(p.cfg.MaxInflight, 1)) * len(app.Containers))
@@ -271,7 +287,7 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 			return ErrQueueFull
 		}
 		// A slot may have come free before this request joined the queue.
-		if c, res := app.pick(x.sticky, p.cfg.MaxInflight, nil); res == picked {
+		if c, res := app.pick(x.sticky, p.cfg.MaxInflight, x.tried); res == picked {
 			q.leave(wake)
 			x.take(c)
 			return nil
@@ -283,9 +299,9 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 		}
 		select {
 		case <-wake:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			q.leave(wake)
-			return upstreamError(r.Context(), r.Context().Err())
+			return upstreamError(ctx, ctx.Err())
 		case <-timeout:
 			q.leave(wake)
 			return ErrQueueTimeout
@@ -413,8 +429,8 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 // RoundTrip sends the request to the exchange's container. When no
 // connection to it can be established (refused, connect timeout), nothing
 // was sent: the container is quarantined and the request goes to another
-// container of the app, until each has been tried once. It is never retried
-// once sent.
+// container of the app (waiting in the app's queue if they are all busy),
+// until each has been tried once. It is never retried once sent.
 func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 	x := exchangeOf(out)
 	body := out.Body
@@ -438,15 +454,17 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 		p.quarantine.add(x.app.Name, x.container, err)
 		x.tried = append(x.tried, x.container.b)
 		x.drop()
-		c, res := x.app.pick(x.sticky, p.cfg.MaxInflight, x.tried)
-		if res != picked {
+		switch e := p.acquire(out.Context(), x); e {
+		case nil:
+		case errAllTried:
 			return nil, &unreachableError{tried: len(x.tried), err: err}
+		default:
+			return nil, e
 		}
-		x.take(c)
 		req = new(http.Request)
 		*req = *out
 		u := *out.URL
-		u.Host = c.Address
+		u.Host = x.container.Address
 		req.URL = &u
 	}
 }

@@ -927,3 +927,36 @@ func TestOneRequestID(t *testing.T) {
 		})
 	}
 }
+
+// A request whose container refused the connection, while the app's other
+// containers are at their admission cap, waits in the app's queue for them
+// like any request, instead of failing.
+func TestRetryWaitsInTheQueue(t *testing.T) {
+	w := newWorld(t, routing.Config{MaxInflight: 1})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, b)
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sleep/300ms", nil)
+		req.Host = "app.example.com"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	waitInflight(t, w.r, "app", 1)
+	// a crashed before the router found out: it is its turn, as b is full.
+	a.Stop()
+	w.replace(t, "app", a, b)
+	resp, body := w.get(t, "app", "/")
+	if resp.StatusCode != http.StatusOK || container(t, body) != "b" {
+		t.Fatalf("got %d %s, want 200 from b once its slot came free", resp.StatusCode, body)
+	}
+	if got := <-slow; got != http.StatusOK {
+		t.Fatalf("the slow request: %d", got)
+	}
+	w.waitLog(t, "with one retry", func(l map[string]any) bool { return l["path"] == "/" && l["retries"] == 1.0 })
+}
