@@ -960,3 +960,29 @@ func TestRetryWaitsInTheQueue(t *testing.T) {
 	}
 	w.waitLog(t, "with one retry", func(l map[string]any) bool { return l["path"] == "/" && l["retries"] == 1.0 })
 }
+
+// A request that is not idempotent is never sent twice, even on a reused
+// keep-alive connection that the container closes without answering (Go's
+// transport sends an idempotent one again on a new connection then).
+func TestPostOnReusedConnectionIsNotResent(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	if resp, _ := w.get(t, "app", "/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("warm-up: %d", resp.StatusCode)
+	}
+	hits := c.Hits()
+	req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/close", strings.NewReader("order #1"))
+	req.Host = "app.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantError(t, resp, body, http.StatusBadGateway, "container_error")
+	if got := c.Hits() - hits; got != 1 {
+		t.Fatalf("the container got the POST %d times, want once", got)
+	}
+	if got := c.Conns(); got != 1 {
+		t.Fatalf("the container accepted %d connections, want 1: the POST went on the warm-up's", got)
+	}
+}

@@ -138,8 +138,10 @@ type Container struct {
 	ID   string
 	Port int
 	hits atomic.Int64
-	srv  *http.Server
-	host string // the IP it listens on
+	// conns counts the connections accepted, open those not closed yet.
+	conns, open atomic.Int64
+	srv         *http.Server
+	host        string // the IP it listens on
 }
 
 // Reply is what a Container answers, as JSON.
@@ -171,7 +173,7 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
-	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout, ConnState: c.connState}
 	go func() { _ = c.srv.Serve(ln) }()
 	t.Cleanup(c.Stop)
 	return c
@@ -215,7 +217,7 @@ func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Con
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
-	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout, ConnState: c.connState}
 	go func() { _ = c.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
 	t.Cleanup(c.Stop)
 	return c
@@ -342,6 +344,24 @@ func (c *Container) Address() string { return net.JoinHostPort(c.host, strconv.I
 
 // Event returns the container as events carry it.
 func (c *Container) Event() events.Container { return events.Container{ID: c.ID, Address: c.Address()} }
+
+// connState counts the container's connections.
+func (c *Container) connState(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		c.conns.Add(1)
+		c.open.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		c.open.Add(-1)
+	}
+}
+
+// Conns returns the number of connections the container has accepted.
+func (c *Container) Conns() int64 { return c.conns.Load() }
+
+// OpenConns returns the number of the container's connections still open
+// (a hijacked one counts as closed).
+func (c *Container) OpenConns() int64 { return c.open.Load() }
 
 // Hits returns the number of requests the container has answered.
 func (c *Container) Hits() int64 { return c.hits.Load() }
