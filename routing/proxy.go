@@ -121,12 +121,23 @@ func NewProxy(table *Table, cfg Config) *Proxy {
 }
 
 // Run probes quarantined containers and fetches error pages until ctx is
-// done.
+// done, then closes the idle connections to containers.
 func (p *Proxy) Run(ctx context.Context) error {
 	go p.pages.run(ctx)
 	err := p.quarantine.Run(ctx)
 	p.pages.wait()
+	p.CloseIdleConnections()
 	return err
+}
+
+// CloseIdleConnections closes the transport's pooled connections to
+// containers that carry no request, if the transport pools any: their
+// goroutines end with them. The router calls it again once the requests
+// in flight at shutdown have ended.
+func (p *Proxy) CloseIdleConnections() {
+	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
 }
 
 // exchange is what the proxy knows of one request on its way.

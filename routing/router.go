@@ -357,7 +357,10 @@ func (r *Router) Run(ctx context.Context) error {
 		log = log.Stringer("https", r.HTTPSAddr())
 	}
 	log.Msg("router started")
-	return g.Wait()
+	err := g.Wait()
+	// Requests that ended during the shutdown pooled their connections.
+	r.proxy.CloseIdleConnections()
+	return err
 }
 
 func serve(s *http.Server, ln net.Listener) error {

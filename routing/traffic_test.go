@@ -986,3 +986,22 @@ func TestPostOnReusedConnectionIsNotResent(t *testing.T) {
 		t.Fatalf("the container accepted %d connections, want 1: the POST went on the warm-up's", got)
 	}
 }
+
+// The router's pooled connections to containers do not outlive it.
+func TestStopClosesContainerConnections(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	w.get(t, "app", "/")
+	if c.OpenConns() != 1 {
+		t.Fatalf("%d connections open to the container, want the pooled one", c.OpenConns())
+	}
+	w.r.Stop(t)
+	deadline := time.Now().Add(testenv.Timeout)
+	for c.OpenConns() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the router stopped but its connection to the container is still open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
