@@ -144,6 +144,7 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, x *exchange) 
 		return
 	}
 	h := w.Header()
+	x.hsts(h)
 	h.Set(ErrorHeader, e.Code)
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -163,6 +163,14 @@ type exchange struct {
 	ttfb     atomic.Int64 // nanoseconds from start to the response's headers
 }
 
+// hsts adds Strict-Transport-Security to h, a response over HTTPS of an app
+// that forces HTTPS, unless the app set its own.
+func (x *exchange) hsts(h http.Header) {
+	if x.secure && x.app != nil && x.app.Options.ForceHTTPS && h.Get("Strict-Transport-Security") == "" {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
+}
+
 // take notes that pick gave c to the request.
 func (x *exchange) take(c Container) { x.container, x.holding, x.busy = c, true, true }
 
@@ -219,16 +227,22 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			panic(v)
 		}
 	}()
-	if x.err = p.admit(r, x); x.err != nil {
+	if x.err = p.route(r, x); x.err != nil {
 		p.writeError(rec, r, x)
 		return
 	}
+	// Redirects depend on the app's options alone: an app scaled to zero
+	// or busy still redirects at once.
 	if to := p.redirect(r, x.app); to != "" {
-		x.drop()
 		x.redirect = to
+		x.hsts(rec.Header())
 		rec.Header().Set("Location", to)
 		rec.Header().Set("Cache-Control", "no-store")
 		rec.WriteHeader(http.StatusMovedPermanently)
+		return
+	}
+	if x.err = p.acquire(r.Context(), x); x.err != nil {
+		p.writeError(rec, r, x)
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -239,9 +253,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
-// admit checks the request, finds its app and takes a slot on one of the
-// app's containers, waiting in the app's queue if they are all busy.
-func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
+// route checks the request and finds its app.
+func (p *Proxy) route(r *http.Request, x *exchange) *Error {
 	if r.Host == "" {
 		return ErrMissingHost
 	}
@@ -266,7 +279,7 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 		}
 	}
 	x.app = app
-	return p.acquire(r.Context(), x)
+	return nil
 }
 
 // errAllTried is acquire's answer when every container of the app was
@@ -514,9 +527,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	x.ttfb.Store(int64(time.Since(x.start)))
 	x.answered()
 	resp.Header.Del(RequestIDHeader)
-	if x.secure && x.app.Options.ForceHTTPS && resp.Header.Get("Strict-Transport-Security") == "" {
-		resp.Header.Set("Strict-Transport-Security", "max-age=31536000")
-	}
+	x.hsts(resp.Header)
 	if x.app.Options.Sticky && x.sticky != x.container.b.sticky {
 		c := &http.Cookie{Name: StickyCookie, Value: x.container.b.sticky, Path: "/", MaxAge: int(stickyMaxAge / time.Second),
 			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: x.secure}

@@ -1005,3 +1005,62 @@ func TestStopClosesContainerConnections(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Redirects are decided before any container is needed, and the router's
+// own answers over HTTPS for an app that forces it carry HSTS.
+func TestRedirectsNeedNoContainer(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	ca := testenv.NewCA(t)
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "shop", Generation: w.gen.Add(1),
+		Domains: []string{"shop.example.com", "www.shop.example.com"}, Options: events.AppOptions{ForceHTTPS: true, Canonical: "shop.example.com"}}))
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "blog", Generation: w.gen.Add(1),
+		Domains: []string{"blog.example.com"}}))
+	w.r.WaitRoutes(t, "shop and blog, without containers", func(s *routing.Snapshot) bool {
+		_, shop := s.Lookup("www.shop.example.com")
+		_, blog := s.Lookup("blog.example.com")
+		return shop && blog
+	})
+	for _, d := range []string{"shop.example.com", "www.shop.example.com", "blog.example.com"} {
+		waitCert(t, w.r, ca, d, w.publishCert(t, ca, d, testenv.CertOptions{}))
+	}
+	_, httpsPort, _ := net.SplitHostPort(w.r.HTTPSAddr)
+	client := httpsClient(w.r, ca)
+	const hsts = "max-age=31536000"
+
+	t.Run("scaled to zero, over HTTP", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/cart", nil)
+		req.Host = "shop.example.com"
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		must(t, err)
+		resp.Body.Close()
+		if want := "https://shop.example.com:" + httpsPort + "/cart"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+			t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	})
+	t.Run("canonical over HTTPS has HSTS", func(t *testing.T) {
+		resp, err := client.Get("https://www.shop.example.com/")
+		must(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Strict-Transport-Security") != hsts {
+			t.Fatalf("got %d with HSTS %q, want 301 with %q", resp.StatusCode, resp.Header.Get("Strict-Transport-Security"), hsts)
+		}
+	})
+	t.Run("error page over HTTPS has HSTS", func(t *testing.T) {
+		resp, err := client.Get("https://shop.example.com/")
+		must(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		wantError(t, resp, body, http.StatusServiceUnavailable, "no_container")
+		if got := resp.Header.Get("Strict-Transport-Security"); got != hsts {
+			t.Fatalf("HSTS %q, want %q", got, hsts)
+		}
+	})
+	t.Run("no HSTS for an app that does not force HTTPS", func(t *testing.T) {
+		resp, err := client.Get("https://blog.example.com/")
+		must(t, err)
+		resp.Body.Close()
+		if got := resp.Header.Get("Strict-Transport-Security"); resp.StatusCode != http.StatusServiceUnavailable || got != "" {
+			t.Fatalf("got %d with HSTS %q, want 503 without", resp.StatusCode, got)
+		}
+	})
+}
