@@ -1064,3 +1064,132 @@ func TestRedirectsNeedNoContainer(t *testing.T) {
 		}
 	})
 }
+
+// Each error the router makes carries its code in X-Sluice-Error and in its
+// page, HTML by default and JSON when the client asks for it.
+func TestEveryErrorCodeInBothFormats(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	w := newWorld(t, routing.Config{ResponseTimeout: timeout, MaxInflight: 1, MaxRequestBody: 1000})
+	ca := testenv.NewCA(t)
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	w.deploy(t, "busy", events.AppOptions{}, testenv.StartContainer(t, "busy", "b"))
+	w.deploy(t, "empty", events.AppOptions{})
+	down := testenv.StartContainer(t, "down", "d")
+	down.Stop()
+	w.deploy(t, "down", events.AppOptions{}, down)
+	waitCert(t, w.r, ca, "app.example.com", w.publishCert(t, ca, "app.example.com", testenv.CertOptions{}))
+	https := httpsClient(w.r, ca)
+
+	send := func(client *http.Client, method, url, host, accept string, body io.Reader, header ...string) (*http.Response, []byte) {
+		req, _ := http.NewRequest(method, url, body)
+		req.Host = host
+		req.Header.Set("Accept", accept)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := client.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	get := func(host, path, accept string, header ...string) (*http.Response, []byte) {
+		return send(http.DefaultClient, http.MethodGet, w.r.URL+path, host, accept, nil, header...)
+	}
+	// hold keeps busy's one slot taken (a request whose body never ends
+	// is never answered) until the subtest ends.
+	hold := func(t *testing.T) {
+		pr, pw := io.Pipe()
+		done := make(chan struct{})
+		t.Cleanup(func() {
+			pw.CloseWithError(io.ErrUnexpectedEOF)
+			<-done
+			waitInflight(t, w.r, "busy", 0)
+		})
+		go func() {
+			defer close(done)
+			req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/hang", pr)
+			req.Host = "busy.example.com"
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		_, _ = pw.Write([]byte("x"))
+		waitInflight(t, w.r, "busy", 1)
+	}
+	for _, tt := range []struct {
+		code   string
+		status int
+		do     func(t *testing.T, accept string) (*http.Response, []byte)
+	}{
+		{"missing_host", http.StatusBadRequest, func(t *testing.T, accept string) (*http.Response, []byte) {
+			resp, body := raw(t, w.r, "GET / HTTP/1.0\r\nAccept: "+accept+"\r\n\r\n")
+			return resp, []byte(body)
+		}},
+		{"unknown_host", http.StatusNotFound, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("nope.example.com", "/", accept)
+		}},
+		{"misdirected", http.StatusMisdirectedRequest, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return send(https, http.MethodGet, "https://app.example.com/", "busy.example.com", accept, nil)
+		}},
+		{"body_too_large", http.StatusRequestEntityTooLarge, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return send(http.DefaultClient, http.MethodPost, w.r.URL+"/", "app.example.com", accept, strings.NewReader(strings.Repeat("x", 1001)))
+		}},
+		{"header_too_large", http.StatusRequestHeaderFieldsTooLarge, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/", accept, "X-Big", strings.Repeat("x", routing.MaxHeaderField))
+		}},
+		{"no_container", http.StatusServiceUnavailable, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("empty.example.com", "/", accept)
+		}},
+		{"queue_full", http.StatusServiceUnavailable, func(t *testing.T, accept string) (*http.Response, []byte) {
+			hold(t)
+			for {
+				// Another request waits in the one-place queue; this
+				// one is turned away, unless it came first.
+				waiter := make(chan struct{})
+				go func() { defer close(waiter); get("busy.example.com", "/", "") }()
+				time.Sleep(20 * time.Millisecond)
+				resp, body := get("busy.example.com", "/", accept)
+				<-waiter
+				if resp.Header.Get(routing.ErrorHeader) != "queue_timeout" {
+					return resp, body
+				}
+			}
+		}},
+		{"queue_timeout", http.StatusGatewayTimeout, func(t *testing.T, accept string) (*http.Response, []byte) {
+			hold(t)
+			return get("busy.example.com", "/", accept)
+		}},
+		{"container_unreachable", http.StatusBadGateway, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("down.example.com", "/", accept)
+		}},
+		{"container_error", http.StatusBadGateway, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/close", accept)
+		}},
+		{"container_timeout", http.StatusGatewayTimeout, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/hang", accept)
+		}},
+	} {
+		for _, format := range []struct{ name, accept, contentType string }{
+			{"html", "", "text/html; charset=utf-8"},
+			{"json", "application/json", "application/json"},
+		} {
+			t.Run(tt.code+"/"+format.name, func(t *testing.T) {
+				resp, body := tt.do(t, format.accept)
+				wantError(t, resp, body, tt.status, tt.code)
+				if got := resp.Header.Get("Content-Type"); got != format.contentType {
+					t.Fatalf("Content-Type %q, want %q", got, format.contentType)
+				}
+				if format.name == "json" {
+					var e struct {
+						Status int    `json:"status"`
+						Code   string `json:"code"`
+					}
+					if err := json.Unmarshal(body, &e); err != nil || e.Status != tt.status || e.Code != tt.code {
+						t.Fatalf("JSON page %s (%v), want status %d code %s", body, err, tt.status, tt.code)
+					}
+				}
+			})
+		}
+	}
+}
