@@ -400,6 +400,10 @@ func TestIdleTimeout(t *testing.T) {
 		if got := time.Since(start); got < 1100*time.Millisecond || got > 3*time.Second {
 			t.Fatalf("the silent stream was closed after %v, want about 750ms + 400ms", got)
 		}
+		l := w.waitLog(t, "for the stream", func(l map[string]any) bool { return l["path"] == "/sse/3/250ms" })
+		if l["error"] != "stream_idle" || l["status"] != 200.0 {
+			t.Fatalf("the idle stream logged %v %v, want 200 stream_idle", l["status"], l["error"])
+		}
 	})
 	t.Run("websocket", func(t *testing.T) {
 		ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
@@ -1191,5 +1195,19 @@ func TestEveryErrorCodeInBothFormats(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A client that goes away before the answer is logged with 499.
+func TestClientClosedIsLogged(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	conn := dial(t, w.r, "GET /hang HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	waitInflight(t, w.r, "app", 1)
+	conn.Close()
+	l := w.waitLog(t, "for the abandoned request", func(l map[string]any) bool { return l["path"] == "/hang" })
+	if l["status"] != 499.0 || l["error"] != "client_closed" {
+		t.Fatalf("logged %v %v, want 499 client_closed", l["status"], l["error"])
 	}
 }
