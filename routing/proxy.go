@@ -11,6 +11,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"os"
@@ -39,6 +40,21 @@ const stickyMaxAge = 24 * time.Hour
 // MaxHeaderField bounds one request header, name and value (431 beyond).
 const MaxHeaderField = 8 << 10
 
+// dialer returns the function that connects to containers, each attempt
+// bounded by ConnectTimeout.
+func (c *Config) dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.DialContext == nil {
+		d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+		return d.DialContext
+	}
+	dial, timeout := c.DialContext, c.ConnectTimeout
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return dial(ctx, network, addr)
+	}
+}
+
 // NewTransport returns the transport the proxy reaches containers with:
 // HTTP/1.1 only, keep-alive connections pooled per container and sized for a
 // proxy (Go's default keeps 2 idle connections per host), no transparent
@@ -47,12 +63,12 @@ const MaxHeaderField = 8 << 10
 // without a byte either way. Zero durations take Config's defaults.
 func NewTransport(cfg Config) *http.Transport {
 	cfg.setTimeouts()
-	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := cfg.dialer()
 	return &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			start := time.Now()
-			c, err := d.DialContext(ctx, network, addr)
+			c, err := dial(ctx, network, addr)
 			// The dial runs with the request's context: the proxy's
 			// access log counts the time spent connecting.
 			if x, ok := ctx.Value(exchangeKey{}).(*exchange); ok {
@@ -103,9 +119,8 @@ var (
 func NewProxy(table *Table, cfg Config) *Proxy {
 	cfg.setDefaults()
 	p := &Proxy{table: table, cfg: cfg, log: cfg.Logger.With().Str("component", "proxy").Logger(), transport: cfg.Transport}
-	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
-	p.dial = d.DialContext
-	p.quarantine = newQuarantine(d.DialContext, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
+	p.dial = cfg.dialer()
+	p.quarantine = newQuarantine(p.dial, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
 	p.pages = newErrorPages(p.log)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -451,8 +466,9 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 }
 
 // RoundTrip sends the request to the exchange's container. When no
-// connection to it can be established (refused, connect timeout), nothing
-// was sent: the container is quarantined and the request goes to another
+// connection to it can be established (refused, connect timeout), or the
+// connection failed before any byte of the request was written to it (reset
+// as it opened), nothing was sent: the container is quarantined and the request goes to another
 // container of the app (waiting in the app's queue if they are all busy),
 // until each has been tried once. It is never retried once sent.
 func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
@@ -471,8 +487,25 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			req.Body = rd
 		}
 		x.attempts++
+		var conn *idleConn
+		var sent int64
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) {
+				if c, ok := info.Conn.(*idleConn); ok {
+					conn, sent = c, c.written.Load()
+				}
+			},
+		}))
 		resp, err := p.transport.RoundTrip(req)
-		if err == nil || !isDialError(err) || out.Context().Err() != nil {
+		if err == nil || out.Context().Err() != nil {
+			return resp, err
+		}
+		// A request without a body none of which reached the connection
+		// (reset as it opened) is as if no connection had been made. One
+		// with a body is not retried: the failed attempt may still be
+		// reading it.
+		unsent := (body == nil || body == http.NoBody) && conn != nil && conn.written.Load() == sent
+		if !isDialError(err) && !unsent {
 			return resp, err
 		}
 		p.quarantine.add(x.app.Name, x.container, err)

@@ -97,6 +97,10 @@ type Config struct {
 	// allowance (each enforces 1/ShapingPeers of it). Zero means counting
 	// them from their heartbeats on NATS.
 	ShapingPeers int
+	// DialContext opens connections to containers, for requests and
+	// probes; the proxy bounds each attempt by ConnectTimeout. Nil means a
+	// net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Transport reaches containers. Nil means NewTransport(ConnectTimeout).
 	Transport http.RoundTripper
 	// Logger receives the router's log and access log. The zero value logs

@@ -2,7 +2,9 @@ package routing_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -1210,4 +1212,48 @@ func TestClientClosedIsLogged(t *testing.T) {
 	if l["status"] != 499.0 || l["error"] != "client_closed" {
 		t.Fatalf("logged %v %v, want 499 client_closed", l["status"], l["error"])
 	}
+}
+
+// A connection that a container resets before the router wrote any of the
+// request is retried on another container, like a refused one.
+func TestResetBeforeSendingIsRetried(t *testing.T) {
+	rst, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer rst.Close()
+	go func() {
+		for {
+			c, err := rst.Accept()
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetLinger(0) // close with a reset
+			c.Close()
+		}
+	}()
+	// The router's connections to rst are handed over once the reset
+	// has arrived, so that it comes before the request is written.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil || addr != rst.Addr().String() {
+			return c, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(testenv.Timeout))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			return nil, errors.New("the resetting container sent a byte")
+		}
+		_ = c.SetReadDeadline(time.Time{})
+		return c, nil
+	}
+	w := newWorld(t, routing.Config{DialContext: dial})
+	good := testenv.StartContainer(t, "app", "good")
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "app", Generation: w.gen.Add(1), Domains: []string{"app.example.com"}}))
+	must(t, w.pub.Deploy(ctx(t), "app", w.gen.Add(1), []events.Container{{ID: "rst", Address: rst.Addr().String()}, good.Event()}))
+	w.r.WaitRoutes(t, "app routed", testenv.Routed("app.example.com", "app", "rst", "good"))
+	for range 2 { // round-robin sends one of them to rst first
+		resp, body := w.get(t, "app", "/")
+		if resp.StatusCode != http.StatusOK || container(t, body) != "good" {
+			t.Fatalf("got %d from %s, want 200 from good", resp.StatusCode, body)
+		}
+	}
+	w.waitLog(t, "with a retry", func(l map[string]any) bool { return l["retries"] == 1.0 && l["container"] == "good" })
 }
