@@ -875,9 +875,8 @@ func (c *clientIdle) wrote(err error) {
 	}
 }
 
-// finish gives the server's last flush of the response one more window.
-// The next request on the connection moves the deadlines again before it
-// writes.
+// finish gives the server's last flush of the response one more window;
+// the server clears the write deadline after it.
 func (c *clientIdle) finish() {
 	if c.writeSet.Load() != 0 {
 		_ = c.rc.SetWriteDeadline(time.Now().Add(c.idle))
