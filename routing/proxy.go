@@ -466,11 +466,12 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 }
 
 // RoundTrip sends the request to the exchange's container. When no
-// connection to it can be established (refused, connect timeout), or the
-// connection failed before any byte of the request was written to it (reset
-// as it opened), nothing was sent: the container is quarantined and the request goes to another
-// container of the app (waiting in the app's queue if they are all busy),
-// until each has been tried once. It is never retried once sent.
+// connection to it can be established (refused, connect timeout), or it
+// failed before any byte of a request without a body was written to it
+// (reset as it opened), nothing was sent: the container is quarantined and
+// the request goes to another container of the app (waiting in the app's
+// queue if they are all busy), until each has been tried once. It is never
+// retried once a byte of it was written.
 func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 	x := exchangeOf(out)
 	body := out.Body
@@ -740,15 +741,15 @@ func localPort(r *http.Request) string {
 }
 
 // recorder notes the status and size of a response, and holds each write
-// to the client's idle window. Unwrap lets http.ResponseController (used by
-// ReverseProxy for flushing) reach the connection's own writer; Hijack,
-// which ReverseProxy calls for a protocol upgrade (WebSocket), hands out
-// the client's connection wrapped to count its bytes and close it when
-// idle.
+// and flush to the client's idle window. Hijack, which ReverseProxy calls
+// through http.ResponseController for a protocol upgrade (WebSocket),
+// hands out the client's connection wrapped to count its bytes and close it
+// when idle. Unwrap lets http.ResponseController reach the connection's own
+// writer for the rest.
 type recorder struct {
 	http.ResponseWriter
 	idle   *clientIdle
-	in     *atomic.Int64 // counts what an upgraded client sends; nil: not counted
+	in     *atomic.Int64 // counts what an upgraded client sends
 	status int
 	bytes  atomic.Int64 // an upgraded connection counts from its own goroutines
 }
@@ -808,9 +809,7 @@ type countedConn struct {
 
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if c.in != nil {
-		c.in.Add(int64(n))
-	}
+	c.in.Add(int64(n))
 	return n, err
 }
 
