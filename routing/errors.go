@@ -61,16 +61,30 @@ func (e *unreachableError) Error() string {
 
 func (e *unreachableError) Unwrap() error { return e.err }
 
+// errClientIdle marks the failure of an exchange whose client sent or took
+// no byte within the idle timeout.
+var errClientIdle = errors.New("the client sent or took nothing within the idle timeout")
+
+// clientTimeout is the router's answer to a client that stalled.
+func clientTimeout(err error) *Error {
+	return &Error{Status: http.StatusRequestTimeout, Code: "client_timeout", Message: "The request stalled: nothing was sent or taken within the idle timeout.", Err: err}
+}
+
 // upstreamError maps a failure to proxy a request to a container, before the
 // response started, to the router's answer. It is the one place where such
 // failures get a status.
 func upstreamError(ctx context.Context, err error) *Error {
 	var (
+		routerErr   *Error
 		unreachable *unreachableError
 		tooLarge    *http.MaxBytesError
 		ne          net.Error
 	)
 	switch {
+	case errors.Is(err, errClientIdle):
+		return clientTimeout(err)
+	case errors.As(err, &routerErr):
+		return routerErr // decided by the router while retrying (queue_full, …)
 	case errors.As(err, &tooLarge):
 		return &Error{Status: ErrBodyTooLarge.Status, Code: ErrBodyTooLarge.Code, Message: ErrBodyTooLarge.Message, Err: err}
 	case errors.Is(ctx.Err(), context.Canceled):
@@ -89,6 +103,8 @@ func upstreamError(ctx context.Context, err error) *Error {
 func streamError(ctx context.Context, err error) *Error {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errClientIdle):
+		return clientTimeout(err)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return &Error{Status: StatusClientClosedRequest, Code: "client_closed", Message: "The client went away.", Err: err}
 	case errors.As(err, &ne) && ne.Timeout():
@@ -128,6 +144,7 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, x *exchange) 
 		return
 	}
 	h := w.Header()
+	x.hsts(h)
 	h.Set(ErrorHeader, e.Code)
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -15,8 +15,9 @@ import (
 // moved meanwhile, so a busy connection costs no timer change per byte.
 type idleConn struct {
 	net.Conn
-	idle time.Duration
-	last atomic.Int64 // unix nanoseconds of the last byte either way
+	idle    time.Duration
+	last    atomic.Int64 // unix nanoseconds of the last byte either way
+	written atomic.Int64 // bytes written: the proxy retries a request none of which was sent
 }
 
 func newIdleConn(c net.Conn, idle time.Duration) net.Conn {
@@ -61,6 +62,7 @@ func (c *idleConn) Write(p []byte) (int, error) {
 		written += n
 		if n > 0 {
 			c.touch()
+			c.written.Add(int64(n))
 		}
 		if err == nil || !c.rearm(c.Conn.SetWriteDeadline, err) {
 			return written, err

@@ -1,16 +1,20 @@
 package routing
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +40,21 @@ const stickyMaxAge = 24 * time.Hour
 // MaxHeaderField bounds one request header, name and value (431 beyond).
 const MaxHeaderField = 8 << 10
 
+// dialer returns the function that connects to containers, each attempt
+// bounded by ConnectTimeout.
+func (c *Config) dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.DialContext == nil {
+		d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+		return d.DialContext
+	}
+	dial, timeout := c.DialContext, c.ConnectTimeout
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return dial(ctx, network, addr)
+	}
+}
+
 // NewTransport returns the transport the proxy reaches containers with:
 // HTTP/1.1 only, keep-alive connections pooled per container and sized for a
 // proxy (Go's default keeps 2 idle connections per host), no transparent
@@ -44,12 +63,12 @@ const MaxHeaderField = 8 << 10
 // without a byte either way. Zero durations take Config's defaults.
 func NewTransport(cfg Config) *http.Transport {
 	cfg.setTimeouts()
-	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := cfg.dialer()
 	return &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			start := time.Now()
-			c, err := d.DialContext(ctx, network, addr)
+			c, err := dial(ctx, network, addr)
 			// The dial runs with the request's context: the proxy's
 			// access log counts the time spent connecting.
 			if x, ok := ctx.Value(exchangeKey{}).(*exchange); ok {
@@ -100,9 +119,8 @@ var (
 func NewProxy(table *Table, cfg Config) *Proxy {
 	cfg.setDefaults()
 	p := &Proxy{table: table, cfg: cfg, log: cfg.Logger.With().Str("component", "proxy").Logger(), transport: cfg.Transport}
-	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
-	p.dial = d.DialContext
-	p.quarantine = newQuarantine(d.DialContext, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
+	p.dial = cfg.dialer()
+	p.quarantine = newQuarantine(p.dial, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
 	p.pages = newErrorPages(p.log)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -118,12 +136,23 @@ func NewProxy(table *Table, cfg Config) *Proxy {
 }
 
 // Run probes quarantined containers and fetches error pages until ctx is
-// done.
+// done, then closes the idle connections to containers.
 func (p *Proxy) Run(ctx context.Context) error {
 	go p.pages.run(ctx)
 	err := p.quarantine.Run(ctx)
 	p.pages.wait()
+	p.CloseIdleConnections()
 	return err
+}
+
+// CloseIdleConnections closes the transport's pooled connections to
+// containers that carry no request, if the transport pools any: their
+// goroutines end with them. The router calls it again once the requests
+// in flight at shutdown have ended.
+func (p *Proxy) CloseIdleConnections() {
+	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
 }
 
 // exchange is what the proxy knows of one request on its way.
@@ -144,8 +173,17 @@ type exchange struct {
 	// response's back; nil when shaping is off.
 	up, down *shaping.Pacer
 	bytesIn  countingBody
+	attempts int          // round trips tried, one per container
 	connect  atomic.Int64 // nanoseconds spent connecting to containers
 	ttfb     atomic.Int64 // nanoseconds from start to the response's headers
+}
+
+// hsts adds Strict-Transport-Security to h, a response over HTTPS of an app
+// that forces HTTPS, unless the app set its own.
+func (x *exchange) hsts(h http.Header) {
+	if x.secure && x.app != nil && x.app.Options.ForceHTTPS && h.Get("Strict-Transport-Security") == "" {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
 }
 
 // take notes that pick gave c to the request.
@@ -187,43 +225,51 @@ func (x *exchange) throttled() time.Duration {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{start: time.Now(), requestID: requestID(r), secure: r.TLS != nil}
-	rec := &recorder{ResponseWriter: w}
+	idle := &clientIdle{rc: http.NewResponseController(w), idle: p.cfg.IdleTimeout}
+	rec := &recorder{ResponseWriter: w, idle: idle, in: &x.bytesIn.n}
 	rec.Header().Set(RequestIDHeader, x.requestID)
 	defer func() {
 		x.drop()
+		idle.finish()
 		// ReverseProxy aborts the connection (panic) when a response
 		// breaks after its headers were sent: log it, then let it go on.
 		v := recover()
 		if v == http.ErrAbortHandler && x.err == nil {
-			x.err = streamError(r.Context(), x.bodyErr)
+			x.err = streamError(r.Context(), idle.cause(x.bodyErr))
 		}
 		p.logAccess(r, rec, x)
 		if v != nil {
 			panic(v)
 		}
 	}()
-	if x.err = p.admit(r, x); x.err != nil {
+	if x.err = p.route(r, x); x.err != nil {
 		p.writeError(rec, r, x)
 		return
 	}
+	// Redirects depend on the app's options alone: an app scaled to zero
+	// or busy still redirects at once.
 	if to := p.redirect(r, x.app); to != "" {
-		x.drop()
 		x.redirect = to
+		x.hsts(rec.Header())
 		rec.Header().Set("Location", to)
 		rec.Header().Set("Cache-Control", "no-store")
 		rec.WriteHeader(http.StatusMovedPermanently)
 		return
 	}
+	if x.err = p.acquire(r.Context(), x); x.err != nil {
+		p.writeError(rec, r, x)
+		return
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		x.bytesIn.ReadCloser = http.MaxBytesReader(rec, r.Body, p.cfg.MaxRequestBody)
+		x.bytesIn.idle = idle
 		r.Body = &x.bytesIn
 	}
 	p.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
-// admit checks the request, finds its app and takes a slot on one of the
-// app's containers, waiting in the app's queue if they are all busy.
-func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
+// route checks the request and finds its app.
+func (p *Proxy) route(r *http.Request, x *exchange) *Error {
 	if r.Host == "" {
 		return ErrMissingHost
 	}
@@ -247,16 +293,32 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 			x.sticky = c.Value
 		}
 	}
+	x.app = app
+	return nil
+}
+
+// errAllTried is acquire's answer when every container of the app was
+// tried: RoundTrip reports the failure to connect to them.
+var errAllTried = &Error{Status: http.StatusBadGateway, Code: "container_unreachable", Message: "The app could not be reached."}
+
+// acquire takes a slot on one of x.app's containers that x has not tried,
+// waiting in the app's queue while they are all busy: a request that
+// failed to connect to one container waits for another like any request.
+func (p *Proxy) acquire(ctx context.Context, x *exchange) *Error {
+	app := x.app
 	var timeout <-chan time.Time
 	for {
 		x.app = app
 		if len(app.Containers) == 0 {
 			return ErrNoContainer
 		}
-		c, res := app.pick(x.sticky, p.cfg.MaxInflight, nil)
-		if res == picked {
+		c, res := app.pick(x.sticky, p.cfg.MaxInflight, x.tried)
+		switch res {
+		case picked:
 			x.take(c)
 			return nil
+		case noneLeft:
+			return errAllTried
 		}
 		q := &app.ref.queue
 		wake, ok := q.join(int(max(p.cfg.MaxInflight, 1)) * len(app.Containers))
@@ -264,7 +326,7 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 			return ErrQueueFull
 		}
 		// A slot may have come free before this request joined the queue.
-		if c, res := app.pick(x.sticky, p.cfg.MaxInflight, nil); res == picked {
+		if c, res := app.pick(x.sticky, p.cfg.MaxInflight, x.tried); res == picked {
 			q.leave(wake)
 			x.take(c)
 			return nil
@@ -276,9 +338,9 @@ func (p *Proxy) admit(r *http.Request, x *exchange) *Error {
 		}
 		select {
 		case <-wake:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			q.leave(wake)
-			return upstreamError(r.Context(), r.Context().Err())
+			return upstreamError(ctx, ctx.Err())
 		case <-timeout:
 			q.leave(wake)
 			return ErrQueueTimeout
@@ -404,10 +466,12 @@ func (p *Proxy) trusted(a netip.Addr) bool {
 }
 
 // RoundTrip sends the request to the exchange's container. When no
-// connection to it can be established (refused, connect timeout), nothing
-// was sent: the container is quarantined and the request goes to another
-// container of the app, until each has been tried once. It is never retried
-// once sent.
+// connection to it can be established (refused, connect timeout), or it
+// failed before any byte of a request without a body was written to it
+// (reset as it opened), nothing was sent: the container is quarantined and
+// the request goes to another container of the app (waiting in the app's
+// queue if they are all busy), until each has been tried once. It is never
+// retried once a byte of it was written.
 func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 	x := exchangeOf(out)
 	body := out.Body
@@ -423,22 +487,42 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			req.Body = rd
 		}
+		x.attempts++
+		var conn *idleConn
+		var sent int64
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) {
+				if c, ok := info.Conn.(*idleConn); ok {
+					conn, sent = c, c.written.Load()
+				}
+			},
+		}))
 		resp, err := p.transport.RoundTrip(req)
-		if err == nil || !isDialError(err) || out.Context().Err() != nil {
+		if err == nil || out.Context().Err() != nil {
+			return resp, err
+		}
+		// A request without a body none of which reached the connection
+		// (reset as it opened) is as if no connection had been made. One
+		// with a body is not retried: the failed attempt may still be
+		// reading it.
+		unsent := (body == nil || body == http.NoBody) && conn != nil && conn.written.Load() == sent
+		if !isDialError(err) && !unsent {
 			return resp, err
 		}
 		p.quarantine.add(x.app.Name, x.container, err)
 		x.tried = append(x.tried, x.container.b)
 		x.drop()
-		c, res := x.app.pick(x.sticky, p.cfg.MaxInflight, x.tried)
-		if res != picked {
+		switch e := p.acquire(out.Context(), x); e {
+		case nil:
+		case errAllTried:
 			return nil, &unreachableError{tried: len(x.tried), err: err}
+		default:
+			return nil, e
 		}
-		x.take(c)
 		req = new(http.Request)
 		*req = *out
 		u := *out.URL
-		u.Host = c.Address
+		u.Host = x.container.Address
 		req.URL = &u
 	}
 }
@@ -469,14 +553,15 @@ func (keepOpen) Close() error { return nil }
 
 // modifyResponse paces the response body, or both ways of an upgraded
 // connection (WebSocket), with the container's bucket, notes a failure to
-// read the body, and gives a sticky app's client its cookie.
+// read the body, and gives a sticky app's client its cookie. The client
+// gets the router's X-Request-Id only, even from a container that sends
+// one back.
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	x := exchangeOf(resp.Request)
 	x.ttfb.Store(int64(time.Since(x.start)))
 	x.answered()
-	if x.secure && x.app.Options.ForceHTTPS && resp.Header.Get("Strict-Transport-Security") == "" {
-		resp.Header.Set("Strict-Transport-Security", "max-age=31536000")
-	}
+	resp.Header.Del(RequestIDHeader)
+	x.hsts(resp.Header)
 	if x.app.Options.Sticky && x.sticky != x.container.b.sticky {
 		c := &http.Cookie{Name: StickyCookie, Value: x.container.b.sticky, Path: "/", MaxAge: int(stickyMaxAge / time.Second),
 			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: x.secure}
@@ -537,20 +622,28 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// countingBody counts the bytes read from the client's request body.
+// countingBody counts the bytes read from the client's request body, and
+// holds each read to the client's idle window. The bytes a client sends on
+// an upgraded connection (WebSocket) are counted in n too.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n    atomic.Int64
+	idle *clientIdle
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	b.idle.reading()
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	b.idle.read(err)
 	return n, err
 }
 
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	x := exchangeOf(r)
+	if rec, ok := w.(*recorder); ok {
+		err = rec.idle.cause(err)
+	}
 	x.err = upstreamError(r.Context(), err)
 	p.writeError(w, r, x)
 }
@@ -579,8 +672,8 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange) {
 	if d := x.throttled(); d > 0 {
 		e.Dur("throttled_ms", d)
 	}
-	if n := len(x.tried); n > 0 {
-		e.Int("retries", n)
+	if x.attempts > 1 {
+		e.Int("retries", x.attempts-1)
 	}
 	if x.redirect != "" {
 		e.Str("redirect", x.redirect)
@@ -599,7 +692,7 @@ func (p *Proxy) logAccess(r *http.Request, rec *recorder, x *exchange) {
 		Str("path", r.URL.Path).
 		Int("status", status).
 		Int64("bytes_in", x.bytesIn.n.Load()).
-		Int64("bytes_out", rec.bytes).
+		Int64("bytes_out", rec.bytes.Load()).
 		Dur("duration_ms", time.Since(x.start)).
 		Str("request_id", x.requestID).
 		Str("remote", r.RemoteAddr).
@@ -647,19 +740,25 @@ func localPort(r *http.Request) string {
 	return port
 }
 
-// recorder notes the status and size of a response. Unwrap lets
-// http.ResponseController (used by ReverseProxy for flushing and protocol
-// upgrades) reach the connection's own writer.
+// recorder notes the status and size of a response, and holds each write
+// and flush to the client's idle window. Hijack, which ReverseProxy calls
+// through http.ResponseController for a protocol upgrade (WebSocket),
+// hands out the client's connection wrapped to count its bytes and close it
+// when idle. Unwrap lets http.ResponseController reach the connection's own
+// writer for the rest.
 type recorder struct {
 	http.ResponseWriter
+	idle   *clientIdle
+	in     *atomic.Int64 // counts what an upgraded client sends
 	status int
-	bytes  int64
+	bytes  atomic.Int64 // an upgraded connection counts from its own goroutines
 }
 
 func (r *recorder) WriteHeader(code int) {
 	if r.status == 0 || r.status < 200 {
 		r.status = code
 	}
+	r.idle.writing()
 	r.ResponseWriter.WriteHeader(code)
 }
 
@@ -667,12 +766,139 @@ func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
+	r.idle.writing()
 	n, err := r.ResponseWriter.Write(b)
-	r.bytes += int64(n)
+	r.bytes.Add(int64(n))
+	r.idle.wrote(err)
 	return n, err
 }
 
+// FlushError sends what the response has buffered to the client.
+func (r *recorder) FlushError() error {
+	r.idle.writing()
+	err := r.idle.rc.Flush()
+	r.idle.wrote(err)
+	return err
+}
+
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack takes the client's connection over for an upgraded protocol: the
+// response is then 101 Switching Protocols, its bytes both ways are
+// counted, and the connection is closed after IdleTimeout without a byte
+// either way.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := r.idle.rc.Hijack()
+	if err != nil {
+		return nil, nil, fmt.Errorf("hijack the client connection: %w", err)
+	}
+	if r.status == 0 || r.status < 200 {
+		r.status = http.StatusSwitchingProtocols
+	}
+	c := &countedConn{Conn: newIdleConn(conn, r.idle.idle), in: r.in, out: &r.bytes}
+	// What the client sent beyond the upgrade request stays in brw's
+	// reader; writes go through the counted connection.
+	return c, bufio.NewReadWriter(brw.Reader, bufio.NewWriter(c)), nil
+}
+
+// countedConn counts the bytes read from and written to a connection.
+type countedConn struct {
+	net.Conn
+	in, out *atomic.Int64
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// clientIdle holds the client's side of an exchange to the rolling idle
+// window, as idleConn holds the container's: each read of the request body
+// and each write of the response first pushes the client connection's read
+// or write deadline (the stream's, in HTTP/2) forward, so that a client
+// that stops sending its body or taking the response is cut off. A
+// deadline is moved at most every eighth of the window, and set to an
+// eighth beyond it: a stalled client is cut off after between IdleTimeout
+// and 9/8 of it.
+type clientIdle struct {
+	rc   *http.ResponseController
+	idle time.Duration
+	// readSet and writeSet are when each deadline was last set, in unix
+	// nanoseconds (0: not set).
+	readSet, writeSet atomic.Int64
+	// stalled is set when a read or write hit its deadline.
+	stalled atomic.Bool
+}
+
+// arm moves a deadline unless it was moved within the last eighth of the
+// window.
+func (c *clientIdle) arm(set *atomic.Int64, move func(time.Time) error) {
+	now := time.Now()
+	if last := set.Load(); last != 0 && now.UnixNano()-last < int64(c.idle/8) {
+		return
+	}
+	set.Store(now.UnixNano())
+	_ = move(now.Add(c.idle + c.idle/8)) // ErrNotSupported: the server has no deadlines to move
+}
+
+// reading is called before each read of the request body.
+func (c *clientIdle) reading() { c.arm(&c.readSet, c.rc.SetReadDeadline) }
+
+// read is called after each read of the request body with its error. At
+// the end of the body the read deadline is lifted: the server then reads
+// only to notice a client that goes away, which must not time out.
+func (c *clientIdle) read(err error) {
+	switch {
+	case err == io.EOF:
+		c.readSet.Store(0)
+		_ = c.rc.SetReadDeadline(time.Time{})
+	case isTimeout(err):
+		c.stalled.Store(true)
+	}
+}
+
+// writing is called before each write of the response.
+func (c *clientIdle) writing() { c.arm(&c.writeSet, c.rc.SetWriteDeadline) }
+
+// wrote is called after each write of the response with its error.
+func (c *clientIdle) wrote(err error) {
+	if isTimeout(err) {
+		c.stalled.Store(true)
+	}
+}
+
+// finish gives the server's last flush of the response one more window;
+// the server clears the write deadline after it.
+func (c *clientIdle) finish() {
+	if c.writeSet.Load() != 0 {
+		_ = c.rc.SetWriteDeadline(time.Now().Add(c.idle))
+	}
+}
+
+// cause returns err, marked as the client's stall if the client's side hit
+// its idle deadline.
+func (c *clientIdle) cause(err error) error {
+	if !c.stalled.Load() {
+		return err
+	}
+	if err == nil {
+		return errClientIdle
+	}
+	return fmt.Errorf("%w: %w", errClientIdle, err)
+}
+
+// isTimeout reports whether err is a deadline that passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
+}
 
 // logWriter sends the standard library's log lines (from ReverseProxy and
 // http.Server) to zerolog.

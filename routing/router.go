@@ -55,8 +55,9 @@ type Config struct {
 	ResponseTimeout time.Duration
 	// IdleTimeout closes a connection to a container, and the client's
 	// request with it, after that long without a byte either way: a
-	// rolling window, also for WebSockets and server-sent events. Zero
-	// means 60s.
+	// rolling window, also for WebSockets and server-sent events. A client
+	// that stops sending its body or taking the response is cut off after
+	// as long (up to an eighth more). Zero means 60s.
 	IdleTimeout time.Duration
 	// ReadHeaderTimeout bounds the time a client takes to send its request
 	// headers. Zero means 10s.
@@ -96,6 +97,10 @@ type Config struct {
 	// allowance (each enforces 1/ShapingPeers of it). Zero means counting
 	// them from their heartbeats on NATS.
 	ShapingPeers int
+	// DialContext opens connections to containers, for requests and
+	// probes; the proxy bounds each attempt by ConnectTimeout. Nil means a
+	// net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Transport reaches containers. Nil means NewTransport(ConnectTimeout).
 	Transport http.RoundTripper
 	// Logger receives the router's log and access log. The zero value logs
@@ -357,7 +362,10 @@ func (r *Router) Run(ctx context.Context) error {
 		log = log.Stringer("https", r.HTTPSAddr())
 	}
 	log.Msg("router started")
-	return g.Wait()
+	err := g.Wait()
+	// Requests that ended during the shutdown pooled their connections.
+	r.proxy.CloseIdleConnections()
+	return err
 }
 
 func serve(s *http.Server, ln net.Listener) error {

@@ -2,7 +2,9 @@ package routing_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -329,8 +331,8 @@ func TestEveryContainerUnreachable(t *testing.T) {
 	b.Stop()
 	resp, body := w.get(t, "app", "/")
 	wantError(t, resp, body, http.StatusBadGateway, "container_unreachable")
-	w.waitLog(t, "with two attempts", func(l map[string]any) bool {
-		return l["error"] == "container_unreachable" && l["retries"] == 2.0
+	w.waitLog(t, "with one retry after the first attempt", func(l map[string]any) bool {
+		return l["error"] == "container_unreachable" && l["retries"] == 1.0
 	})
 }
 
@@ -399,6 +401,10 @@ func TestIdleTimeout(t *testing.T) {
 		}
 		if got := time.Since(start); got < 1100*time.Millisecond || got > 3*time.Second {
 			t.Fatalf("the silent stream was closed after %v, want about 750ms + 400ms", got)
+		}
+		l := w.waitLog(t, "for the stream", func(l map[string]any) bool { return l["path"] == "/sse/3/250ms" })
+		if l["error"] != "stream_idle" || l["status"] != 200.0 {
+			t.Fatalf("the idle stream logged %v %v, want 200 stream_idle", l["status"], l["error"])
 		}
 	})
 	t.Run("websocket", func(t *testing.T) {
@@ -809,4 +815,447 @@ func TestAccessLogLine(t *testing.T) {
 	if _, ok := l["error"]; ok {
 		t.Errorf("error %v on a request that went well", l["error"])
 	}
+}
+
+// dial opens a raw connection to the router's HTTP listener and sends
+// request on it.
+func dial(t *testing.T, r *testenv.Router, request string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
+	must(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = io.WriteString(conn, request)
+	must(t, err)
+	return conn
+}
+
+// A client that stops taking its response or sending its body holds its
+// connection and the router's handler no longer than the idle window.
+func TestClientIdleTimeout(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	w := newWorld(t, routing.Config{IdleTimeout: idle})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	soon := func(t *testing.T, start time.Time) {
+		t.Helper()
+		if got := time.Since(start); got > 8*idle { // loose: the machine may be busy
+			t.Fatalf("the stalled exchange ended after %v, want within a few %v windows", got, idle)
+		}
+	}
+
+	t.Run("response never read", func(t *testing.T) {
+		const size = 1 << 30
+		start := time.Now()
+		conn := dial(t, w.r, "GET /bytes/"+strconv.Itoa(size)+" HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+		l := w.waitLog(t, "for the unread response", func(l map[string]any) bool { return l["path"] == "/bytes/"+strconv.Itoa(size) })
+		soon(t, start)
+		if l["error"] != "client_timeout" {
+			t.Errorf("error %v, want client_timeout", l["error"])
+		}
+		must(t, conn.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+		n, err := io.Copy(io.Discard, conn)
+		if err != nil || n >= size {
+			t.Fatalf("the client read %d bytes then %v; want the connection closed before the end", n, err)
+		}
+	})
+	t.Run("upload stalls", func(t *testing.T) {
+		start := time.Now()
+		conn := dial(t, w.r, "POST /upload HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 100\r\n\r\nabc")
+		must(t, conn.SetReadDeadline(time.Now().Add(testenv.Timeout)))
+		if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+			if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get(routing.ErrorHeader) != "client_timeout" {
+				t.Errorf("got %d %q, want 408 client_timeout", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
+			}
+			resp.Body.Close()
+		}
+		l := w.waitLog(t, "for the stalled upload", func(l map[string]any) bool { return l["path"] == "/upload" })
+		soon(t, start)
+		if l["error"] != "client_timeout" || l["bytes_in"] != 3.0 {
+			t.Errorf("error %v with %v bytes in, want client_timeout after 3", l["error"], l["bytes_in"])
+		}
+	})
+	t.Run("websocket client stops reading", func(t *testing.T) {
+		ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+		must(t, err)
+		defer ws.CloseNow()
+		// The container echoes 16 MB, more than the sockets' buffers
+		// hold, which the client never takes.
+		must(t, ws.Write(ctx(t), websocket.MessageBinary, make([]byte, 16<<20)))
+		start := time.Now()
+		l := w.waitLog(t, "for the WebSocket", func(l map[string]any) bool { return l["path"] == "/ws/echo" })
+		soon(t, start)
+		if l["status"] != 101.0 {
+			t.Errorf("status %v, want 101", l["status"])
+		}
+	})
+}
+
+// An upgraded connection's log line has its 101 and the bytes it relayed
+// each way.
+func TestWebSocketAccessLog(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	ws, _, err := websocket.Dial(ctx(t), "ws"+strings.TrimPrefix(w.r.URL, "http")+"/ws/echo", &websocket.DialOptions{Host: "app.example.com"})
+	must(t, err)
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	msg := make([]byte, 100_000)
+	must(t, ws.Write(ctx(t), websocket.MessageBinary, msg))
+	if _, got, err := ws.Read(ctx(t)); err != nil || len(got) != len(msg) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+	ws.Close(websocket.StatusNormalClosure, "")
+	l := w.waitLog(t, "for the WebSocket", func(l map[string]any) bool { return l["path"] == "/ws/echo" })
+	if l["status"] != 101.0 {
+		t.Errorf("status %v, want 101", l["status"])
+	}
+	for _, field := range []string{"bytes_in", "bytes_out"} {
+		if n, _ := l[field].(float64); n < float64(len(msg)) || n > float64(len(msg)+1000) {
+			t.Errorf("%s = %v, want the %d-byte message and its framing", field, l[field], len(msg))
+		}
+	}
+}
+
+// A container that sends the request's id back does not make the client
+// get it twice.
+func TestOneRequestID(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	const id = "client-chosen-id-0123456789"
+	for _, tt := range []struct{ name, sent, want string }{
+		{"generated", "", ""},
+		{"the client's", id, id},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := w.get(t, "app", "/request-id", routing.RequestIDHeader, tt.sent)
+			got := resp.Header.Values(routing.RequestIDHeader)
+			var reply testenv.Reply
+			must(t, json.Unmarshal(body, &reply))
+			if len(got) != 1 || got[0] != reply.Header.Get(routing.RequestIDHeader) || tt.want != "" && got[0] != tt.want {
+				t.Fatalf("the client got X-Request-Id %q, the container %q; want exactly one, the same", got, reply.Header.Get(routing.RequestIDHeader))
+			}
+		})
+	}
+}
+
+// A request whose container refused the connection, while the app's other
+// containers are at their admission cap, waits in the app's queue for them
+// like any request, instead of failing.
+func TestRetryWaitsInTheQueue(t *testing.T) {
+	w := newWorld(t, routing.Config{MaxInflight: 1})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, b)
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sleep/300ms", nil)
+		req.Host = "app.example.com"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	waitInflight(t, w.r, "app", 1)
+	// a crashed before the router found out: it is its turn, as b is full.
+	a.Stop()
+	w.replace(t, "app", a, b)
+	resp, body := w.get(t, "app", "/")
+	if resp.StatusCode != http.StatusOK || container(t, body) != "b" {
+		t.Fatalf("got %d %s, want 200 from b once its slot came free", resp.StatusCode, body)
+	}
+	if got := <-slow; got != http.StatusOK {
+		t.Fatalf("the slow request: %d", got)
+	}
+	w.waitLog(t, "with one retry", func(l map[string]any) bool { return l["path"] == "/" && l["retries"] == 1.0 })
+}
+
+// A request that is not idempotent is never sent twice, even on a reused
+// keep-alive connection that the container closes without answering (Go's
+// transport sends an idempotent one again on a new connection then).
+func TestPostOnReusedConnectionIsNotResent(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	if resp, _ := w.get(t, "app", "/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("warm-up: %d", resp.StatusCode)
+	}
+	hits := c.Hits()
+	req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/close", strings.NewReader("order #1"))
+	req.Host = "app.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantError(t, resp, body, http.StatusBadGateway, "container_error")
+	if got := c.Hits() - hits; got != 1 {
+		t.Fatalf("the container got the POST %d times, want once", got)
+	}
+	if got := c.Conns(); got != 1 {
+		t.Fatalf("the container accepted %d connections, want 1: the POST went on the warm-up's", got)
+	}
+}
+
+// The router's pooled connections to containers do not outlive it.
+func TestStopClosesContainerConnections(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	w.get(t, "app", "/")
+	if c.OpenConns() != 1 {
+		t.Fatalf("%d connections open to the container, want the pooled one", c.OpenConns())
+	}
+	w.r.Stop(t)
+	deadline := time.Now().Add(testenv.Timeout)
+	for c.OpenConns() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the router stopped but its connection to the container is still open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Redirects are decided before any container is needed, and the router's
+// own answers over HTTPS for an app that forces it carry HSTS.
+func TestRedirectsNeedNoContainer(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	ca := testenv.NewCA(t)
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "shop", Generation: w.gen.Add(1),
+		Domains: []string{"shop.example.com", "www.shop.example.com"}, Options: events.AppOptions{ForceHTTPS: true, Canonical: "shop.example.com"}}))
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "blog", Generation: w.gen.Add(1),
+		Domains: []string{"blog.example.com"}}))
+	w.r.WaitRoutes(t, "shop and blog, without containers", func(s *routing.Snapshot) bool {
+		_, shop := s.Lookup("www.shop.example.com")
+		_, blog := s.Lookup("blog.example.com")
+		return shop && blog
+	})
+	for _, d := range []string{"shop.example.com", "www.shop.example.com", "blog.example.com"} {
+		waitCert(t, w.r, ca, d, w.publishCert(t, ca, d, testenv.CertOptions{}))
+	}
+	_, httpsPort, _ := net.SplitHostPort(w.r.HTTPSAddr)
+	client := httpsClient(w.r, ca)
+	const hsts = "max-age=31536000"
+
+	t.Run("scaled to zero, over HTTP", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/cart", nil)
+		req.Host = "shop.example.com"
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		must(t, err)
+		resp.Body.Close()
+		if want := "https://shop.example.com:" + httpsPort + "/cart"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+			t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	})
+	t.Run("canonical over HTTPS has HSTS", func(t *testing.T) {
+		resp, err := client.Get("https://www.shop.example.com/")
+		must(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Strict-Transport-Security") != hsts {
+			t.Fatalf("got %d with HSTS %q, want 301 with %q", resp.StatusCode, resp.Header.Get("Strict-Transport-Security"), hsts)
+		}
+	})
+	t.Run("error page over HTTPS has HSTS", func(t *testing.T) {
+		resp, err := client.Get("https://shop.example.com/")
+		must(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		wantError(t, resp, body, http.StatusServiceUnavailable, "no_container")
+		if got := resp.Header.Get("Strict-Transport-Security"); got != hsts {
+			t.Fatalf("HSTS %q, want %q", got, hsts)
+		}
+	})
+	t.Run("no HSTS for an app that does not force HTTPS", func(t *testing.T) {
+		resp, err := client.Get("https://blog.example.com/")
+		must(t, err)
+		resp.Body.Close()
+		if got := resp.Header.Get("Strict-Transport-Security"); resp.StatusCode != http.StatusServiceUnavailable || got != "" {
+			t.Fatalf("got %d with HSTS %q, want 503 without", resp.StatusCode, got)
+		}
+	})
+}
+
+// Each error the router makes carries its code in X-Sluice-Error and in its
+// page, HTML by default and JSON when the client asks for it.
+func TestEveryErrorCodeInBothFormats(t *testing.T) {
+	w := newWorld(t, routing.Config{ResponseTimeout: 150 * time.Millisecond, MaxInflight: 1, MaxRequestBody: 1000})
+	ca := testenv.NewCA(t)
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	w.deploy(t, "busy", events.AppOptions{}, testenv.StartContainer(t, "busy", "b"))
+	w.deploy(t, "empty", events.AppOptions{})
+	down := testenv.StartContainer(t, "down", "d")
+	down.Stop()
+	w.deploy(t, "down", events.AppOptions{}, down)
+	waitCert(t, w.r, ca, "app.example.com", w.publishCert(t, ca, "app.example.com", testenv.CertOptions{}))
+	https := httpsClient(w.r, ca)
+
+	send := func(client *http.Client, method, url, host, accept string, body io.Reader, header ...string) (*http.Response, []byte) {
+		req, _ := http.NewRequest(method, url, body)
+		req.Host = host
+		req.Header.Set("Accept", accept)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := client.Do(req)
+		must(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	get := func(host, path, accept string, header ...string) (*http.Response, []byte) {
+		return send(http.DefaultClient, http.MethodGet, w.r.URL+path, host, accept, nil, header...)
+	}
+	// hold keeps busy's one slot taken (a request whose body never ends
+	// is never answered) until the subtest ends.
+	hold := func(t *testing.T) {
+		pr, pw := io.Pipe()
+		done := make(chan struct{})
+		t.Cleanup(func() {
+			pw.CloseWithError(io.ErrUnexpectedEOF)
+			<-done
+			waitInflight(t, w.r, "busy", 0)
+		})
+		go func() {
+			defer close(done)
+			req, _ := http.NewRequest(http.MethodPost, w.r.URL+"/hang", pr)
+			req.Host = "busy.example.com"
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		_, _ = pw.Write([]byte("x"))
+		waitInflight(t, w.r, "busy", 1)
+	}
+	for _, tt := range []struct {
+		code   string
+		status int
+		do     func(t *testing.T, accept string) (*http.Response, []byte)
+	}{
+		{"missing_host", http.StatusBadRequest, func(t *testing.T, accept string) (*http.Response, []byte) {
+			resp, body := raw(t, w.r, "GET / HTTP/1.0\r\nAccept: "+accept+"\r\n\r\n")
+			return resp, []byte(body)
+		}},
+		{"unknown_host", http.StatusNotFound, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("nope.example.com", "/", accept)
+		}},
+		{"misdirected", http.StatusMisdirectedRequest, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return send(https, http.MethodGet, "https://app.example.com/", "busy.example.com", accept, nil)
+		}},
+		{"body_too_large", http.StatusRequestEntityTooLarge, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return send(http.DefaultClient, http.MethodPost, w.r.URL+"/", "app.example.com", accept, strings.NewReader(strings.Repeat("x", 1001)))
+		}},
+		{"header_too_large", http.StatusRequestHeaderFieldsTooLarge, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/", accept, "X-Big", strings.Repeat("x", routing.MaxHeaderField))
+		}},
+		{"no_container", http.StatusServiceUnavailable, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("empty.example.com", "/", accept)
+		}},
+		{"queue_full", http.StatusServiceUnavailable, func(t *testing.T, accept string) (*http.Response, []byte) {
+			hold(t)
+			for {
+				// Another request waits in the one-place queue; this
+				// one is turned away, unless it came first.
+				waiter := make(chan struct{})
+				go func() { defer close(waiter); get("busy.example.com", "/", "") }()
+				time.Sleep(20 * time.Millisecond)
+				resp, body := get("busy.example.com", "/", accept)
+				<-waiter
+				if resp.Header.Get(routing.ErrorHeader) != "queue_timeout" {
+					return resp, body
+				}
+			}
+		}},
+		{"queue_timeout", http.StatusGatewayTimeout, func(t *testing.T, accept string) (*http.Response, []byte) {
+			hold(t)
+			return get("busy.example.com", "/", accept)
+		}},
+		{"container_unreachable", http.StatusBadGateway, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("down.example.com", "/", accept)
+		}},
+		{"container_error", http.StatusBadGateway, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/close", accept)
+		}},
+		{"container_timeout", http.StatusGatewayTimeout, func(t *testing.T, accept string) (*http.Response, []byte) {
+			return get("app.example.com", "/hang", accept)
+		}},
+	} {
+		for _, format := range []struct{ name, accept, contentType string }{
+			{"html", "", "text/html; charset=utf-8"},
+			{"json", "application/json", "application/json"},
+		} {
+			t.Run(tt.code+"/"+format.name, func(t *testing.T) {
+				resp, body := tt.do(t, format.accept)
+				wantError(t, resp, body, tt.status, tt.code)
+				if got := resp.Header.Get("Content-Type"); got != format.contentType {
+					t.Fatalf("Content-Type %q, want %q", got, format.contentType)
+				}
+				if format.name == "json" {
+					var e struct {
+						Status int    `json:"status"`
+						Code   string `json:"code"`
+					}
+					if err := json.Unmarshal(body, &e); err != nil || e.Status != tt.status || e.Code != tt.code {
+						t.Fatalf("JSON page %s (%v), want status %d code %s", body, err, tt.status, tt.code)
+					}
+				}
+			})
+		}
+	}
+}
+
+// A client that goes away before the answer is logged with 499.
+func TestClientClosedIsLogged(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	conn := dial(t, w.r, "GET /hang HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	waitInflight(t, w.r, "app", 1)
+	conn.Close()
+	l := w.waitLog(t, "for the abandoned request", func(l map[string]any) bool { return l["path"] == "/hang" })
+	if l["status"] != 499.0 || l["error"] != "client_closed" {
+		t.Fatalf("logged %v %v, want 499 client_closed", l["status"], l["error"])
+	}
+}
+
+// A connection that a container resets before the router wrote any of the
+// request is retried on another container, like a refused one.
+func TestResetBeforeSendingIsRetried(t *testing.T) {
+	rst, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer rst.Close()
+	go func() {
+		for {
+			c, err := rst.Accept()
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetLinger(0) // close with a reset
+			c.Close()
+		}
+	}()
+	// The router's connections to rst are handed over once the reset
+	// has arrived, so that it comes before the request is written.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil || addr != rst.Addr().String() {
+			return c, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(testenv.Timeout))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			return nil, errors.New("the resetting container sent a byte")
+		}
+		_ = c.SetReadDeadline(time.Time{})
+		return c, nil
+	}
+	w := newWorld(t, routing.Config{DialContext: dial})
+	good := testenv.StartContainer(t, "app", "good")
+	must(t, w.pub.Publish(ctx(t), events.Event{Kind: events.KindDomains, App: "app", Generation: w.gen.Add(1), Domains: []string{"app.example.com"}}))
+	must(t, w.pub.Deploy(ctx(t), "app", w.gen.Add(1), []events.Container{{ID: "rst", Address: rst.Addr().String()}, good.Event()}))
+	w.r.WaitRoutes(t, "app routed", testenv.Routed("app.example.com", "app", "rst", "good"))
+	for range 2 { // round-robin sends one of them to rst first
+		resp, body := w.get(t, "app", "/")
+		if resp.StatusCode != http.StatusOK || container(t, body) != "good" {
+			t.Fatalf("got %d from %s, want 200 from good", resp.StatusCode, body)
+		}
+	}
+	w.waitLog(t, "with a retry", func(l map[string]any) bool { return l["retries"] == 1.0 && l["container"] == "good" })
 }

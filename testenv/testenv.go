@@ -147,14 +147,18 @@ func (n *NATS) Publisher(t testing.TB, region string) *events.Publisher {
 //	/ws/sink/N   a WebSocket that reads N bytes, then sends one text
 //	             message with the number of bytes it read and closes
 //	/hsts        a reply with the app's own Strict-Transport-Security
+//	/request-id  a reply that sends back the X-Request-Id it got, as
+//	             frameworks that log it do
 type Container struct {
 	App  string
 	ID   string
 	Port int
 	hits atomic.Int64
 	read atomic.Int64 // request body bytes read, all requests together
-	srv  *http.Server
-	host string // the IP it listens on
+	// conns counts the connections accepted, open those not closed yet.
+	conns, open atomic.Int64
+	srv         *http.Server
+	host        string // the IP it listens on
 }
 
 // Reply is what a Container answers, as JSON.
@@ -186,7 +190,7 @@ func StartContainerAt(t testing.TB, app, id, addr string) *Container {
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
-	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout, ConnState: c.connState}
 	go func() { _ = c.srv.Serve(ln) }()
 	t.Cleanup(c.Stop)
 	return c
@@ -205,6 +209,10 @@ func (c *Container) handler() http.Handler {
 	mux.HandleFunc("/ws/echo", c.serveEcho)
 	mux.HandleFunc("/ws/push/{n}", c.servePush)
 	mux.HandleFunc("/ws/sink/{n}", c.serveSink)
+	mux.HandleFunc("/request-id", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", r.Header.Get("X-Request-Id"))
+		c.serve(w, r)
+	})
 	mux.HandleFunc("/hsts", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Strict-Transport-Security", AppHSTS)
 		c.serve(w, r)
@@ -228,7 +236,7 @@ func StartTLSContainer(t testing.TB, app, id, addr, certPEM, keyPEM string) *Con
 		t.Fatalf("container listener: %v", err)
 	}
 	c := &Container{App: app, ID: id, Port: ln.Addr().(*net.TCPAddr).Port, host: ln.Addr().(*net.TCPAddr).IP.String()}
-	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout}
+	c.srv = &http.Server{Handler: c.handler(), ReadHeaderTimeout: Timeout, ConnState: c.connState}
 	go func() { _ = c.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
 	t.Cleanup(c.Stop)
 	return c
@@ -422,6 +430,24 @@ func (c *Container) Event() events.Container { return events.Container{ID: c.ID,
 // BodyBytes returns the number of request body bytes the container has
 // read so far, all requests together, as they arrive.
 func (c *Container) BodyBytes() int64 { return c.read.Load() }
+
+// connState counts the container's connections.
+func (c *Container) connState(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		c.conns.Add(1)
+		c.open.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		c.open.Add(-1)
+	}
+}
+
+// Conns returns the number of connections the container has accepted.
+func (c *Container) Conns() int64 { return c.conns.Load() }
+
+// OpenConns returns the number of the container's connections still open
+// (a hijacked one counts as closed).
+func (c *Container) OpenConns() int64 { return c.open.Load() }
 
 // Hits returns the number of requests the container has answered.
 func (c *Container) Hits() int64 { return c.hits.Load() }
