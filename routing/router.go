@@ -211,6 +211,7 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		}
 	}
 	r.http = server()
+	r.http.ConnState = guardConnState
 	if cfg.HTTPSAddr != "off" {
 		r.https = server()
 		r.https.TLSConfig = &tls.Config{
@@ -269,10 +270,14 @@ func (r *Router) Ready() bool { return r.events.Status().Ready }
 // Open binds the listeners, so that an address in use is reported before
 // anything runs.
 func (r *Router) Open() error {
-	var err error
-	if r.httpLn, err = net.Listen("tcp", r.cfg.HTTPAddr); err != nil {
+	ln, err := net.Listen("tcp", r.cfg.HTTPAddr)
+	if err != nil {
 		return fmt.Errorf("http listener: %w", err)
 	}
+	// Request heads are checked before the server reads them; the guard
+	// lets through heads as large as the server reads (MaxHeaderBytes
+	// plus its 4096 bytes of slack).
+	r.httpLn = &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096}
 	if r.adminLn, err = net.Listen("tcp", r.cfg.AdminAddr); err != nil {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)

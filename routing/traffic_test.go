@@ -499,41 +499,6 @@ func TestRequestLimits(t *testing.T) {
 		resp, body := w.get(t, "app", "/", hs...)
 		wantError(t, resp, body, http.StatusRequestHeaderFieldsTooLarge, "header_too_large")
 	})
-	// The HTTP server refuses these before the router sees them, so they
-	// carry no error code (docs/errors.md).
-	for _, tt := range []struct {
-		name, request string
-		status        int
-	}{
-		{"two Host headers", "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: other.example.com\r\n\r\n", http.StatusBadRequest},
-		{"two different lengths", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde", http.StatusBadRequest},
-		{"unknown expectation", "GET / HTTP/1.1\r\nHost: app.example.com\r\nExpect: 200-ok\r\n\r\n", http.StatusExpectationFailed},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			hits := c.Hits()
-			if resp, body := raw(t, w.r, tt.request); resp.StatusCode != tt.status {
-				t.Fatalf("got %d %s, want %d", resp.StatusCode, body, tt.status)
-			}
-			if c.Hits() != hits {
-				t.Fatal("the request reached the container")
-			}
-		})
-	}
-}
-
-// A request with both a length and chunked encoding is read by its chunks
-// alone, and forwarded without the length (RFC 9112, section 6.3), so that
-// the container cannot read it differently from the router.
-func TestLengthAndChunkedAreNotSmuggled(t *testing.T) {
-	w := newWorld(t, routing.Config{})
-	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
-	resp, body := raw(t, w.r, "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"+
-		"3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
-	var reply testenv.Reply
-	must(t, json.Unmarshal([]byte(body), &reply))
-	if resp.StatusCode != http.StatusOK || reply.BodyBytes != 3 || reply.Header.Get("Content-Length") != "" {
-		t.Fatalf("got %d, the container read %d bytes with Content-Length %q; want 200, 3, none", resp.StatusCode, reply.BodyBytes, reply.Header.Get("Content-Length"))
-	}
 }
 
 func TestErrorPages(t *testing.T) {
