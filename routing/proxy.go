@@ -103,7 +103,7 @@ func NewProxy(table *Table, cfg Config) *Proxy {
 	d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
 	p.dial = d.DialContext
 	p.quarantine = newQuarantine(d.DialContext, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
-	p.pages = newErrorPages(p.log)
+	p.pages = newErrorPages(p.log, cfg.ErrorPageNetworks)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		ModifyResponse: p.modifyResponse,

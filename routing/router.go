@@ -75,6 +75,13 @@ type Config struct {
 	// queue, which holds MaxInflight per container, and beyond that get 503
 	// queue_full. Zero means 50; a negative value means no bound.
 	MaxInflight int64
+	// ErrorPageNetworks are the networks, besides public addresses, that
+	// apps' error pages may be fetched from, for a platform that hosts them
+	// inside. Empty: loopback, link-local, unspecified, multicast, private
+	// (RFC 1918, ULA) and shared (100.64.0.0/10) addresses are refused, as
+	// they would let an app read what only the router can reach. The
+	// router's admin listener is refused whatever the networks.
+	ErrorPageNetworks []netip.Prefix
 	// TrustedProxies are the networks whose X-Forwarded-For is kept and
 	// extended (the router is behind them). Empty: the router is the edge,
 	// and a client's X-Forwarded-For is replaced by its address.
@@ -282,6 +289,7 @@ func (r *Router) Open() error {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	r.proxy.pages.deny(r.adminLn.Addr())
 	if r.https != nil {
 		ln, err := net.Listen("tcp", r.cfg.HTTPSAddr)
 		if err != nil {

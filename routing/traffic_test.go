@@ -502,7 +502,8 @@ func TestRequestLimits(t *testing.T) {
 }
 
 func TestErrorPages(t *testing.T) {
-	w := newWorld(t, routing.Config{})
+	// The test's pages are served on loopback, refused by default.
+	w := newWorld(t, routing.Config{ErrorPageNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	w.deploy(t, "empty", events.AppOptions{})
 
 	for _, tt := range []struct {
@@ -580,6 +581,7 @@ func TestErrorPages(t *testing.T) {
 	})
 	t.Run("page too large", func(t *testing.T) {
 		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, strings.Repeat("x", routing.MaxErrorPageSize+1))
 		}))
 		defer site.Close()
