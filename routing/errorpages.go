@@ -222,6 +222,7 @@ func (e *errorPages) run(ctx context.Context) {
 func (e *errorPages) wait() {
 	<-e.done
 	e.fetching.Wait()
+	e.client.CloseIdleConnections()
 }
 
 func (e *errorPages) fetch(ctx context.Context, url string) {
