@@ -438,22 +438,6 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	}
 }
 
-// raw sends a raw HTTP/1.1 request and returns the status of the answer.
-func raw(t *testing.T, r *testenv.Router, request string) (*http.Response, string) {
-	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
-	must(t, err)
-	defer conn.Close()
-	must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
-	_, err = io.WriteString(conn, request)
-	must(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	must(t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp, string(body)
-}
-
 func TestRequestLimits(t *testing.T) {
 	w := newWorld(t, routing.Config{MaxRequestBody: 1000})
 	c := testenv.StartContainer(t, "app", "a")
