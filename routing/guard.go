@@ -255,6 +255,7 @@ func (c *guardConn) line(data []byte, limit int, head bool) int {
 	}
 }
 
+// isEmptyLine reports whether l, a line with its end, is empty.
 func isEmptyLine(l []byte) bool {
 	return len(l) == 1 || len(l) == 2 && l[0] == '\r'
 }
@@ -348,16 +349,16 @@ func (c *guardConn) checkHead(head []byte) {
 	}
 	switch {
 	case hosts > 1:
-		c.refuse1(ErrDuplicateHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrDuplicateHost, head, reqLine, sp1, sp2)
 	case hosts == 0 && proto[len(proto)-1] == '1':
-		c.refuse1(ErrMissingHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrMissingHost, head, reqLine, sp1, sp2)
 	case badLength || isTE && (length != nil || proto[len(proto)-1] == '0'):
 		// net/http reads an HTTP/1.0 body by its length alone.
-		c.refuse1(ErrAmbiguousLength, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrAmbiguousLength, head, reqLine, sp1, sp2)
 	case badTE:
-		c.refuse1(ErrTransferEncoding, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrTransferEncoding, head, reqLine, sp1, sp2)
 	case badExp:
-		c.refuse1(ErrExpectationFailed, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrExpectationFailed, head, reqLine, sp1, sp2)
 	case upgrade:
 		// After a 101 the bytes are not HTTP any more.
 		c.pass()
@@ -419,9 +420,9 @@ func hasToken(v []byte, token string) bool {
 	return false
 }
 
-// refuse1 notes that the request whose head is head gets e; the answer is
+// refuseHead notes that the request whose head is head gets e; the answer is
 // sent when the server next reads (see refuse).
-func (c *guardConn) refuse1(e *Error, head, reqLine []byte, sp1, sp2 int) {
+func (c *guardConn) refuseHead(e *Error, head, reqLine []byte, sp1, sp2 int) {
 	req := &http.Request{
 		Method:     string(reqLine[:sp1]),
 		URL:        &url.URL{},
@@ -530,6 +531,7 @@ func (w *bufferedWriter) Write(p []byte) (int, error) {
 	return w.body.Write(p)
 }
 
+// isTimeout reports whether err is a deadline passing.
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
