@@ -94,17 +94,36 @@ func newSNIListener(ln net.Listener, p *Proxy, timeout time.Duration) *sniListen
 	return l
 }
 
+// Bounds of the wait before accepting again after a failure, as in
+// net/http.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// acceptLoop accepts connections until the listener is closed. Any other
+// failure (too many open files, a connection reset before it was accepted)
+// is waited out, the wait doubling from minAcceptDelay to maxAcceptDelay,
+// so that a passing shortage does not stop HTTPS.
 func (l *sniListener) acceptLoop() {
+	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				l.Close()
+				return
 			}
-			l.Close()
-			return
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			l.proxy.log.Warn().Err(err).Dur("retry_in", delay).Msg("https accept failed")
+			select {
+			case <-time.After(delay):
+			case <-l.done:
+				return
+			}
+			continue
 		}
+		delay = 0
 		l.wg.Go(func() { l.sort(conn) })
 	}
 }

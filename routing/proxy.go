@@ -121,7 +121,7 @@ func NewProxy(table *Table, cfg Config) *Proxy {
 	p := &Proxy{table: table, cfg: cfg, log: cfg.Logger.With().Str("component", "proxy").Logger(), transport: cfg.Transport}
 	p.dial = cfg.dialer()
 	p.quarantine = newQuarantine(p.dial, cfg.ConnectTimeout, cfg.ProbeInterval, 30*time.Second, p.log)
-	p.pages = newErrorPages(p.log)
+	p.pages = newErrorPages(p.log, cfg.ErrorPageNetworks)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		ModifyResponse: p.modifyResponse,

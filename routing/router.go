@@ -76,6 +76,13 @@ type Config struct {
 	// queue, which holds MaxInflight per container, and beyond that get 503
 	// queue_full. Zero means 50; a negative value means no bound.
 	MaxInflight int64
+	// ErrorPageNetworks are the networks, besides public addresses, that
+	// apps' error pages may be fetched from, for a platform that hosts them
+	// inside. Empty: loopback, link-local, unspecified, multicast, private
+	// (RFC 1918, ULA) and shared (100.64.0.0/10) addresses are refused, as
+	// they would let an app read what only the router can reach. The
+	// router's admin listener is refused whatever the networks.
+	ErrorPageNetworks []netip.Prefix
 	// TrustedProxies are the networks whose X-Forwarded-For is kept and
 	// extended (the router is behind them). Empty: the router is the edge,
 	// and a client's X-Forwarded-For is replaced by its address.
@@ -216,6 +223,7 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 		}
 	}
 	r.http = server()
+	r.http.ConnState = guardConnState
 	if cfg.HTTPSAddr != "off" {
 		r.https = server()
 		r.https.ErrorLog = log.New(handshakeLog{logWriter{cfg.Logger.With().Str("component", "http").Logger()}}, "", 0)
@@ -275,14 +283,19 @@ func (r *Router) Ready() bool { return r.events.Status().Ready }
 // Open binds the listeners, so that an address in use is reported before
 // anything runs.
 func (r *Router) Open() error {
-	var err error
-	if r.httpLn, err = net.Listen("tcp", r.cfg.HTTPAddr); err != nil {
+	ln, err := net.Listen("tcp", r.cfg.HTTPAddr)
+	if err != nil {
 		return fmt.Errorf("http listener: %w", err)
 	}
+	// Request heads are checked before the server reads them; the guard
+	// lets through heads as large as the server reads (MaxHeaderBytes
+	// plus its 4096 bytes of slack).
+	r.httpLn = &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096}
 	if r.adminLn, err = net.Listen("tcp", r.cfg.AdminAddr); err != nil {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	r.proxy.pages.deny(r.adminLn.Addr())
 	if r.https != nil {
 		ln, err := net.Listen("tcp", r.cfg.HTTPSAddr)
 		if err != nil {

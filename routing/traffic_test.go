@@ -444,22 +444,6 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	}
 }
 
-// raw sends a raw HTTP/1.1 request and returns the status of the answer.
-func raw(t *testing.T, r *testenv.Router, request string) (*http.Response, string) {
-	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
-	must(t, err)
-	defer conn.Close()
-	must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
-	_, err = io.WriteString(conn, request)
-	must(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	must(t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp, string(body)
-}
-
 func TestRequestLimits(t *testing.T) {
 	w := newWorld(t, routing.Config{MaxRequestBody: 1000})
 	c := testenv.StartContainer(t, "app", "a")
@@ -505,45 +489,11 @@ func TestRequestLimits(t *testing.T) {
 		resp, body := w.get(t, "app", "/", hs...)
 		wantError(t, resp, body, http.StatusRequestHeaderFieldsTooLarge, "header_too_large")
 	})
-	// The HTTP server refuses these before the router sees them, so they
-	// carry no error code (docs/errors.md).
-	for _, tt := range []struct {
-		name, request string
-		status        int
-	}{
-		{"two Host headers", "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: other.example.com\r\n\r\n", http.StatusBadRequest},
-		{"two different lengths", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde", http.StatusBadRequest},
-		{"unknown expectation", "GET / HTTP/1.1\r\nHost: app.example.com\r\nExpect: 200-ok\r\n\r\n", http.StatusExpectationFailed},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			hits := c.Hits()
-			if resp, body := raw(t, w.r, tt.request); resp.StatusCode != tt.status {
-				t.Fatalf("got %d %s, want %d", resp.StatusCode, body, tt.status)
-			}
-			if c.Hits() != hits {
-				t.Fatal("the request reached the container")
-			}
-		})
-	}
-}
-
-// A request with both a length and chunked encoding is read by its chunks
-// alone, and forwarded without the length (RFC 9112, section 6.3), so that
-// the container cannot read it differently from the router.
-func TestLengthAndChunkedAreNotSmuggled(t *testing.T) {
-	w := newWorld(t, routing.Config{})
-	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
-	resp, body := raw(t, w.r, "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"+
-		"3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
-	var reply testenv.Reply
-	must(t, json.Unmarshal([]byte(body), &reply))
-	if resp.StatusCode != http.StatusOK || reply.BodyBytes != 3 || reply.Header.Get("Content-Length") != "" {
-		t.Fatalf("got %d, the container read %d bytes with Content-Length %q; want 200, 3, none", resp.StatusCode, reply.BodyBytes, reply.Header.Get("Content-Length"))
-	}
 }
 
 func TestErrorPages(t *testing.T) {
-	w := newWorld(t, routing.Config{})
+	// The test's pages are served on loopback, refused by default.
+	w := newWorld(t, routing.Config{ErrorPageNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	w.deploy(t, "empty", events.AppOptions{})
 
 	for _, tt := range []struct {
@@ -621,6 +571,7 @@ func TestErrorPages(t *testing.T) {
 	})
 	t.Run("page too large", func(t *testing.T) {
 		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, strings.Repeat("x", routing.MaxErrorPageSize+1))
 		}))
 		defer site.Close()
@@ -1131,8 +1082,10 @@ func TestEveryErrorCodeInBothFormats(t *testing.T) {
 		do     func(t *testing.T, accept string) (*http.Response, []byte)
 	}{
 		{"missing_host", http.StatusBadRequest, func(t *testing.T, accept string) (*http.Response, []byte) {
-			resp, body := raw(t, w.r, "GET / HTTP/1.0\r\nAccept: "+accept+"\r\n\r\n")
-			return resp, []byte(body)
+			conn, br := dialRouter(t, w)
+			_, err := io.WriteString(conn, "GET / HTTP/1.0\r\nAccept: "+accept+"\r\n\r\n")
+			must(t, err)
+			return readResponse(t, br, http.MethodGet)
 		}},
 		{"unknown_host", http.StatusNotFound, func(t *testing.T, accept string) (*http.Response, []byte) {
 			return get("nope.example.com", "/", accept)

@@ -61,6 +61,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"serve zero burst", []string{"serve", "--container-burst", "0"}, "--container-burst"},
 		{"serve bad peers", []string{"serve", "--shaping-peers", "many"}, "--shaping-peers"},
 		{"serve bad trusted proxy", []string{"serve", "--trusted-proxy", "10.0.0.0/33"}, "--trusted-proxy"},
+		{"serve bad error page network", []string{"serve", "--error-page-network", "10.0.0.0"}, "--error-page-network"},
 		{"serve zero inflight", []string{"serve", "--max-inflight", "0"}, "--max-inflight"},
 		{"serve bad body limit", []string{"serve", "--max-request-body", "lots"}, "invalid size"},
 		{"cert without domain", []string{"cert"}, "--domain is required"},

@@ -44,6 +44,8 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 	fs.Int64Var(&cfg.MaxInflight, "max-inflight", 50, "requests per container, from this router, not yet answered; as many more per container wait, the rest get 503 (-1: no bound)")
 	var trusted listFlag
 	fs.Var(&trusted, "trusted-proxy", "a network (CIDR) of proxies in front of the router whose X-Forwarded-For is kept; repeat for each")
+	var pageNets listFlag
+	fs.Var(&pageNets, "error-page-network", "a private network (CIDR) apps' error pages may be fetched from, besides public addresses; repeat for each")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on the wait for requests in flight at shutdown")
 	cfg.Shaping = shaping.DefaultLimits
 	fs.Var(bytesFlag{&cfg.Shaping.Rate}, "container-rate", "bandwidth of each container, each way, per second, unless its app sets its own (e.g. 20MB, 160Mbit); 0 turns shaping off")
@@ -73,6 +75,13 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, io.Writer, io.Writer) er
 				return usagef("--trusted-proxy %q: want a network such as 10.0.0.0/8", p)
 			}
 			cfg.TrustedProxies = append(cfg.TrustedProxies, pfx.Masked())
+		}
+		for _, p := range pageNets {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return usagef("--error-page-network %q: want a network such as 10.0.0.0/8", p)
+			}
+			cfg.ErrorPageNetworks = append(cfg.ErrorPageNetworks, pfx.Masked())
 		}
 		if cfg.MaxRequestBody <= 0 {
 			return usagef("--max-request-body must be more than 0")
