@@ -486,7 +486,8 @@ func (c *guardConn) answer() {
 	r := c.refused
 	x := &exchange{start: time.Now(), requestID: requestID(r), err: c.refusal}
 	w := &bufferedWriter{header: http.Header{}}
-	rec := &recorder{ResponseWriter: w}
+	// The answer is written to memory: its deadlines are the connection's.
+	rec := &recorder{ResponseWriter: w, idle: &clientIdle{rc: http.NewResponseController(w), idle: c.proxy.cfg.IdleTimeout}}
 	rec.Header().Set(RequestIDHeader, x.requestID)
 	c.proxy.writeError(rec, r, x)
 	c.proxy.logAccess(r, rec, x)
