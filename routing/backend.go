@@ -172,6 +172,10 @@ func (a *App) pick(sticky string, limit int64, tried []*backend) (Container, pic
 	return Container{}, noneLeft
 }
 
+// Queued returns the number of requests waiting for a free container of
+// the app on this router.
+func (a *App) Queued() int64 { return a.ref.queue.n.Load() }
+
 // answered gives back the slot a request took on c once c has started to
 // answer it, and lets a request waiting for one of the app's containers try
 // again.
@@ -205,17 +209,19 @@ func (q *waitQueue) join(limit int) (chan struct{}, bool) {
 	return ch, true
 }
 
-// leave removes ch if it is still waiting.
+// leave removes ch if it is still waiting. If ch was woken meanwhile, the
+// wake passes to the next waiter: the slot it announced is not lost.
 func (q *waitQueue) leave(ch chan struct{}) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	for i, w := range q.waiters {
-		if w == ch {
-			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
-			break
-		}
+	i := slices.Index(q.waiters, ch)
+	if i >= 0 {
+		q.waiters = slices.Delete(q.waiters, i, i+1)
+		q.n.Store(int64(len(q.waiters)))
 	}
-	q.n.Store(int64(len(q.waiters)))
+	q.mu.Unlock()
+	if i < 0 {
+		q.wake()
+	}
 }
 
 // wake lets the first waiter try again.
@@ -230,4 +236,18 @@ func (q *waitQueue) wake() {
 		q.waiters = q.waiters[1:]
 		q.n.Store(int64(len(q.waiters)))
 	}
+}
+
+// wakeAll lets every waiter try again: the app's containers changed.
+func (q *waitQueue) wakeAll() {
+	if q.n.Load() == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, w := range q.waiters {
+		close(w)
+	}
+	q.waiters = nil
+	q.n.Store(0)
 }

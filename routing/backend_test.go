@@ -101,3 +101,21 @@ func TestPickHonoursTheInflightLimit(t *testing.T) {
 		t.Fatalf("picked %s after b released a slot, want b", got)
 	}
 }
+
+// A waiter that gives up after it was woken passes the wake on: the free
+// slot it announced goes to the next waiter.
+func TestWaitQueueLeavePassesTheWakeOn(t *testing.T) {
+	var q waitQueue
+	first, _ := q.join(2)
+	second, _ := q.join(2)
+	q.wake()
+	q.leave(first) // it timed out as it was woken
+	select {
+	case <-second:
+	default:
+		t.Fatal("the second waiter was not woken: the slot was lost")
+	}
+	if n := q.n.Load(); n != 0 {
+		t.Fatalf("%d waiters left, want 0", n)
+	}
+}

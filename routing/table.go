@@ -249,6 +249,9 @@ func (t *Table) Apply(batch []events.Event) {
 			}
 		}
 		st.ref.app.Store(a)
+		// Requests waiting for a slot try the new containers (or
+		// find the app scaled to zero, or gone).
+		st.ref.queue.wakeAll()
 	}
 	t.cur.Store(next)
 	close(old.next)

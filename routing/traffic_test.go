@@ -687,6 +687,44 @@ func TestAdmissionCap(t *testing.T) {
 	}
 }
 
+// Requests waiting for a busy app's slot go to a container the app is scaled
+// up with at once, without waiting for a slot of the old ones.
+func TestScaleUpServesTheQueue(t *testing.T) {
+	w := newWorld(t, routing.Config{MaxInflight: 1})
+	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
+	w.deploy(t, "app", events.AppOptions{}, a)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/sleep/5s", nil)
+		req.Host = "app.example.com"
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitInflight(t, w.r, "app", 1)
+	queued := make(chan []byte, 1)
+	go func() {
+		_, body := w.get(t, "app", "/")
+		queued <- body
+	}()
+	deadline := time.Now().Add(testenv.Timeout)
+	for app, _ := w.r.Table().Snapshot().App("app"); app.Queued() == 0; app, _ = w.r.Table().Snapshot().App("app") {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never queued")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	w.replace(t, "app", a, b)
+	select {
+	case body := <-queued:
+		if got := container(t, body); got != "b" {
+			t.Fatalf("the queued request went to %q, want the new container b", got)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("the queued request still waits %v after the scale up", time.Since(start))
+	}
+}
+
 func TestLeastConnThroughTheProxy(t *testing.T) {
 	w := newWorld(t, routing.Config{})
 	a, b := testenv.StartContainer(t, "app", "a"), testenv.StartContainer(t, "app", "b")
