@@ -383,6 +383,18 @@ func TestTLSPassthrough(t *testing.T) {
 		t.Fatalf("the relayed bytes were not charged to the container's bucket: %+v", st)
 	}
 
+	// The containers speak only TLS: plain HTTP is sent to HTTPS.
+	plain := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/inside?q=1", nil)
+	req.Host = "secure.example.com"
+	resp, err = plain.Do(req)
+	must(t, err)
+	resp.Body.Close()
+	_, port, _ := net.SplitHostPort(w.r.HTTPSAddr)
+	if want := "https://secure.example.com:" + port + "/inside?q=1"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+		t.Fatalf("plain HTTP to a passthrough app: %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+
 	// A relayed connection left open does not hold the router's shutdown.
 	open, err := tls.Dial("tcp", w.r.HTTPSAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "secure.example.com"})
 	must(t, err)

@@ -353,10 +353,12 @@ func (p *Proxy) acquire(ctx context.Context, x *exchange) *Error {
 }
 
 // redirect returns where a request must go instead, if anywhere: to HTTPS
-// for an app that forces it, and to the app's canonical domain.
+// for an app that forces it or terminates TLS itself (passthrough), and to
+// the app's canonical domain.
 func (p *Proxy) redirect(r *http.Request, app *App) string {
 	o := app.Options
-	toHTTPS := o.ForceHTTPS && r.TLS == nil
+	// A passthrough app's containers speak only TLS.
+	toHTTPS := (o.ForceHTTPS || o.TLSPassthrough) && r.TLS == nil
 	host := normalizeHost(r.Host)
 	if !toHTTPS && (o.Canonical == "" || host == o.Canonical) {
 		return ""
