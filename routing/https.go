@@ -230,13 +230,10 @@ func (p *Proxy) relay(client net.Conn, hello []byte, name string, app *App, stop
 		}()
 		out, _ = io.Copy(client, down)
 		closeWrite(client)
-		// The container is done; the client gets the idle timeout to be.
+		// The container is done; the client gets the idle timeout to be
+		// (or less, when the router stops and closes it).
 		_ = client.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
-		select {
-		case n := <-done:
-			in += n
-		case <-ctx.Done():
-		}
+		in += <-done
 	}
 	p.logRelay(x, name, client, in, out, nil)
 }
