@@ -46,6 +46,11 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else if ln, err := net.Listen("tcp", listen); err != nil {
+		// The server would only log it, and never become ready.
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	} else {
+		ln.Close()
 	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "sluice-embedded",
