@@ -449,7 +449,7 @@ func TestDomainOwnerAgreesAcrossRouters(t *testing.T) {
 	must(t, pub.Domains(ctx(t), "alpha", 3, []string{"shop.example.com", "alpha.example.com"}))
 	first.WaitRoutes(t, "alpha's new domain", testenv.Routed("alpha.example.com", "alpha", "a1"))
 
-	logs := &syncBuffer{}
+	logs := &testenv.Logs{}
 	second := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{Region: region, Logger: zerolog.New(logs)})
 	second.WaitReady(t)
 	second.WaitRoutes(t, "alpha's new domain", testenv.Routed("alpha.example.com", "alpha", "a1"))

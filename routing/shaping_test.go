@@ -22,24 +22,6 @@ import (
 	"github.com/sluice-router/sluice/testenv"
 )
 
-// syncBuffer is a log sink safe for the router's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Transfers of 2 MB through a router that allows each container 1 MB/s
 // with a 0.5 MB burst: the burst goes at once, the rest at 1 MB/s.
 const (
@@ -58,7 +40,7 @@ func within10(t *testing.T, what string, got time.Duration) {
 
 func TestShapingThroughTheProxy(t *testing.T) {
 	n := testenv.StartNATS(t)
-	logs := &syncBuffer{}
+	logs := &testenv.Logs{}
 	r := testenv.StartRouterConfig(t, n.Connect(t), routing.Config{
 		Region:  region,
 		Shaping: shaping.Limits{Rate: shapedRate, Burst: shapedBurst},

@@ -31,13 +31,13 @@ type world struct {
 	n    *testenv.NATS
 	r    *testenv.Router
 	pub  *events.Publisher
-	logs *syncBuffer
+	logs *testenv.Logs
 	gen  atomic.Uint64
 }
 
 func newWorld(t *testing.T, cfg routing.Config) *world {
 	t.Helper()
-	w := &world{n: testenv.StartNATS(t), logs: &syncBuffer{}}
+	w := &world{n: testenv.StartNATS(t), logs: &testenv.Logs{}}
 	cfg.Region = region
 	cfg.Logger = zerolog.New(w.logs)
 	w.r = testenv.StartRouterConfig(t, w.n.Connect(t), cfg)

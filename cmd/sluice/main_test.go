@@ -312,28 +312,7 @@ func TestServeEmbedded(t *testing.T) {
 	if natsURL == "" || httpAddr == "" {
 		t.Fatalf("no addresses in the log (nats %q, http %q)", natsURL, httpAddr)
 	}
-	c := testenv.StartContainer(t, "hello", "h1")
-	for _, args := range [][]string{
-		{"domains", "--nats", natsURL, "--app", "hello", "--domain", "hello.example.com"},
-		{"deploy", "--nats", natsURL, "--app", "hello", "--container", "h1=" + c.Address()},
-	} {
-		if _, stderr, code := sluice(t, noEnv, args...); code != 0 {
-			t.Fatalf("%v: %s", args, stderr)
-		}
-	}
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
-		req.Host = "hello.example.com"
-		resp, reply := testenv.Do(t, req)
-		if resp.StatusCode == http.StatusOK && reply.Container == "h1" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never routed: last status %d", resp.StatusCode)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	deployHello(t, natsURL, httpAddr)
 	resp, err := http.Get("http://" + adminAddr + "/readyz")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %v %v", resp, err)
@@ -352,5 +331,34 @@ func TestServeEmbedded(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("serve returned %v", err)
+	}
+}
+
+// deployHello starts a container h1 of the app "hello", publishes it with
+// the CLI through natsURL, and waits until the router at httpAddr routes
+// hello.example.com to it.
+func deployHello(t *testing.T, natsURL, httpAddr string) {
+	t.Helper()
+	c := testenv.StartContainer(t, "hello", "h1")
+	for _, args := range [][]string{
+		{"domains", "--nats", natsURL, "--app", "hello", "--domain", "hello.example.com"},
+		{"deploy", "--nats", natsURL, "--app", "hello", "--container", "h1=" + c.Address()},
+	} {
+		if _, stderr, code := sluice(t, noEnv, args...); code != 0 {
+			t.Fatalf("%v: %s", args, stderr)
+		}
+	}
+	deadline := time.Now().Add(testenv.Timeout)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
+		req.Host = "hello.example.com"
+		resp, reply := testenv.Do(t, req)
+		if resp.StatusCode == http.StatusOK && reply.Container == "h1" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never routed: last status %d", resp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -78,27 +78,7 @@ func TestServeExternalNATS(t *testing.T) {
 	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
 		t.Fatalf("serve --nats created its data directory (%v)", err)
 	}
-	c := testenv.StartContainer(t, "hello", "h1")
-	for _, args := range [][]string{
-		{"domains", "--nats", n.URL(), "--app", "hello", "--domain", "hello.example.com"},
-		{"deploy", "--nats", n.URL(), "--app", "hello", "--container", "h1=" + c.Address()},
-	} {
-		if _, stderr, code := sluice(t, noEnv, args...); code != 0 {
-			t.Fatalf("%v: %s", args, stderr)
-		}
-	}
-	for {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+"/", nil)
-		req.Host = "hello.example.com"
-		resp, reply := testenv.Do(t, req)
-		if resp.StatusCode == http.StatusOK && reply.Container == "h1" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never routed: last status %d", resp.StatusCode)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	deployHello(t, n.URL(), s.httpAddr)
 }
 
 // A router whose NATS cannot be reached is alive (a liveness probe must not
