@@ -749,6 +749,38 @@ func TestLeastConnThroughTheProxy(t *testing.T) {
 	<-done
 }
 
+// The router keeps its connections to a container open between requests,
+// as many as it has concurrent requests for (Go's default transport keeps 2
+// per host, and would open a connection for nearly every request here).
+func TestContainerConnectionsAreReused(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	const clients, rounds = 16, 20
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	defer client.CloseIdleConnections()
+	for range rounds {
+		var wg sync.WaitGroup
+		for range clients {
+			wg.Go(func() {
+				req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/", nil)
+				req.Host = "app.example.com"
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			})
+		}
+		wg.Wait()
+	}
+	if hits, conns := c.Hits(), c.Conns(); hits != clients*rounds || conns > clients {
+		t.Fatalf("%d requests reached the container over %d connections, want %d over at most %d", hits, conns, clients*rounds, clients)
+	}
+}
+
 func TestForwardedHeaders(t *testing.T) {
 	check := func(t *testing.T, trusted []netip.Prefix, xff, wantXFF, wantReal string) {
 		w := newWorld(t, routing.Config{TrustedProxies: trusted})
