@@ -134,7 +134,13 @@ func (l *sniListener) sort(conn net.Conn) {
 	name, hello, err := PeekServerName(conn)
 	_ = conn.SetReadDeadline(time.Time{})
 	if err != nil {
-		conn.Close() // not TLS, or too slow: nothing to answer
+		// Not TLS, or too slow: only plain HTTP gets an answer.
+		var rhe tls.RecordHeaderError
+		if errors.As(err, &rhe) && looksLikeHTTP(rhe.RecordHeader[:]) {
+			_ = conn.SetWriteDeadline(time.Now().Add(l.timeout))
+			_, _ = io.WriteString(conn, plainHTTPAnswer)
+		}
+		conn.Close()
 		return
 	}
 	if app, ok := l.proxy.table.Snapshot().Lookup(name); ok && app.Options.TLSPassthrough {
@@ -146,6 +152,26 @@ func (l *sniListener) sort(conn net.Conn) {
 	case <-l.done:
 		conn.Close()
 	}
+}
+
+// plainHTTPAnswer is what a plain HTTP request to the HTTPS listener gets.
+const plainHTTPAnswer = "HTTP/1.1 400 Bad Request\r\n" + ErrorHeader + ": " + codePlainHTTP + "\r\n" +
+	"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" +
+	"This port speaks HTTPS: use an https:// URL.\n"
+
+// codePlainHTTP is the error code of a plain HTTP request to the HTTPS
+// listener.
+const codePlainHTTP = "plain_http_on_https_port"
+
+// looksLikeHTTP reports whether the first bytes of a connection are those
+// of an HTTP/1 request line.
+func looksLikeHTTP(head []byte) bool {
+	for _, m := range []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "} {
+		if bytes.HasPrefix([]byte(m), head) || bytes.HasPrefix(head, []byte(m)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *sniListener) Accept() (net.Conn, error) {

@@ -1,6 +1,7 @@
 package routing_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -551,5 +552,23 @@ func waitLog(t *testing.T, w *world, parts ...string) {
 			t.Fatalf("no log line with %q:\n%s", parts, w.logs.String())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A plain HTTP request to the HTTPS listener gets a 400 that says so, not
+// a connection closed without a word.
+func TestPlainHTTPOnTheHTTPSPort(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	conn, err := net.Dial("tcp", w.r.HTTPSAddr)
+	must(t, err)
+	defer conn.Close()
+	must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	must(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(routing.ErrorHeader) != "plain_http_on_https_port" {
+		t.Fatalf("plain HTTP on the HTTPS port: %d %q, want 400 plain_http_on_https_port", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
 	}
 }
