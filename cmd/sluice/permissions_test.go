@@ -237,6 +237,30 @@ func TestDocumentedNATSPermissions(t *testing.T) {
 		t.Fatalf("the control plane read the certificate message %d", msg.Sequence)
 	}
 
+	// Junk on an app's subject: a router that starts later reads the
+	// subject's history to fall back to the newest valid event, which
+	// its permissions allow; the control plane, which may not read the
+	// history, still publishes over the junk.
+	subject := events.Subject(region, "hello", events.AspectContainers)
+	if _, err := js.Publish(context.Background(), subject, []byte("junk")); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := nats.Connect(url("router"), nats.CustomInboxPrefix(roles["router"].inbox))
+	must(t, err)
+	defer rc.Close()
+	rjs, err := jetstream.New(rc)
+	must(t, err)
+	rst, err := rjs.Stream(context.Background(), events.StreamName(region))
+	must(t, err)
+	histCtx, histCancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer histCancel()
+	if _, err := rst.GetMsg(histCtx, 1, jetstream.WithGetMsgSubject(subject)); err != nil {
+		t.Fatalf("the router cannot read a subject's history: %v", err)
+	}
+	if _, stderr, code := sluice(t, noEnv, control("deploy", "--app", "hello", "--container", "h1="+c.Address())...); code != 0 {
+		t.Fatalf("deploy over junk as the control plane: %s", stderr)
+	}
+
 	if strings.Contains(logs.String(), "ermission") {
 		t.Fatalf("the router lacks a permission:\n%s", logs.String())
 	}
