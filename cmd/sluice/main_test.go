@@ -139,7 +139,8 @@ func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	closed := "nats://" + ln.Addr().String()
+	// The password must not reach the error message.
+	closed := "nats://user:s3cret@" + ln.Addr().String()
 	ln.Close() // nothing listens there now
 	for _, tt := range []struct {
 		name, url string
@@ -150,8 +151,8 @@ func TestCLIUnreachableBrokerFailsFast(t *testing.T) {
 			if took := time.Since(start); took > 2500*time.Millisecond {
 				t.Errorf("took %v with --timeout 1s, want under 2.5s", took)
 			}
-			if code != 1 || !strings.Contains(stderr, "cannot reach NATS") {
-				t.Fatalf("exit %d, stderr %q; want 1 and a reason", code, stderr)
+			if code != 1 || !strings.Contains(stderr, "cannot reach NATS") || strings.Contains(stderr, "s3cret") {
+				t.Fatalf("exit %d, stderr %q; want 1 and a reason, without the password", code, stderr)
 			}
 		})
 	}

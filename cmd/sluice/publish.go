@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"strings"
 	"time"
@@ -193,7 +194,7 @@ func publish(ctx context.Context, url string, auth *natsAuth, region string, tim
 	opts := append([]nats.Option{nats.Name("sluice-cli"), nats.Timeout(min(timeout, 3*time.Second)), nats.NoReconnect()}, auth.options()...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return fmt.Errorf("cannot reach NATS at %s: %w", url, err)
+		return fmt.Errorf("cannot reach NATS at %s: %w", redacted(url), err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -206,7 +207,19 @@ func publish(ctx context.Context, url string, auth *natsAuth, region string, tim
 	}
 	err = pub.Publish(ctx, ev)
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("no answer from NATS at %s within %s (is JetStream enabled?): %w", url, timeout, err)
+		return fmt.Errorf("no answer from NATS at %s within %s (is JetStream enabled?): %w", redacted(url), timeout, err)
 	}
 	return err
+}
+
+// redacted returns a comma-separated list of NATS URLs with their
+// passwords replaced by "xxxxx", fit for an error message.
+func redacted(urls string) string {
+	list := strings.Split(urls, ",")
+	for i, u := range list {
+		if parsed, err := neturl.Parse(strings.TrimSpace(u)); err == nil {
+			list[i] = parsed.Redacted()
+		}
+	}
+	return strings.Join(list, ",")
 }

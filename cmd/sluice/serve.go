@@ -146,7 +146,7 @@ func connect(url string, auth *natsAuth, listen, dataDir string, logger zerolog.
 		opts = append(opts, auth.options()...)
 		nc, err := nats.Connect(url, append(opts, nats.RetryOnFailedConnect(true))...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("NATS at %s: %w", url, err)
+			return nil, nil, fmt.Errorf("NATS at %s: %w", redacted(url), err)
 		}
 		return nc, nc.Close, nil
 	}
