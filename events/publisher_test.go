@@ -198,6 +198,24 @@ func TestEnsureStreamIsIdempotent(t *testing.T) {
 	}
 }
 
+// A stream made before routers kept a history per subject gets one.
+func TestEnsureStreamKeepsAHistory(t *testing.T) {
+	n := testenv.StartNATS(t)
+	js := n.JetStream(t)
+	old := events.StreamConfig("r1", 1)
+	old.MaxMsgsPerSubject = 1
+	if _, err := js.CreateStream(ctx(t), old); err != nil {
+		t.Fatal(err)
+	}
+	st, err := events.EnsureStream(ctx(t), js, "r1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.MaxMsgsPerSubject; got != events.SubjectHistory {
+		t.Fatalf("MaxMsgsPerSubject = %d, want %d", got, events.SubjectHistory)
+	}
+}
+
 // Junk on a subject does not let an older generation in: the publisher
 // compares with the newest valid event, and may send that event again to
 // cover the junk.

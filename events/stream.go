@@ -43,7 +43,8 @@ func StreamConfig(region string, replicas int) jetstream.StreamConfig {
 // EnsureStream returns the stream of region, creating it with
 // StreamConfig(region, replicas) if it does not exist. An existing stream is
 // left as the operator configured it, except that the subjects this version
-// of the wire format uses are added if it lacks them.
+// of the wire format uses are added if it lacks them, and its history per
+// subject is raised to SubjectHistory if it keeps less.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, region string, replicas int) (jetstream.Stream, error) {
 	if err := ValidateRegion(region); err != nil {
 		return nil, err
@@ -59,15 +60,20 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, region string, re
 		return nil, fmt.Errorf("stream %s: %w", StreamName(region), err)
 	}
 	cfg := st.CachedInfo().Config
-	missing := false
+	update := false
 	for _, s := range StreamConfig(region, replicas).Subjects {
 		if !slices.Contains(cfg.Subjects, s) {
-			cfg.Subjects, missing = append(cfg.Subjects, s), true
+			cfg.Subjects, update = append(cfg.Subjects, s), true
 		}
 	}
-	if missing {
+	// Routers fall back on a subject's history when its last message is
+	// invalid: a stream made before that keeps too little of it.
+	if cfg.MaxMsgsPerSubject > 0 && cfg.MaxMsgsPerSubject < SubjectHistory {
+		cfg.MaxMsgsPerSubject, update = SubjectHistory, true
+	}
+	if update {
 		if st, err = js.UpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("stream %s: add subjects %v: %w", StreamName(region), cfg.Subjects, err)
+			return nil, fmt.Errorf("stream %s: add subjects %v, keep %d messages per subject: %w", StreamName(region), cfg.Subjects, cfg.MaxMsgsPerSubject, err)
 		}
 	}
 	return st, nil
@@ -84,7 +90,7 @@ func newestValid(ctx context.Context, st jetstream.Stream, subject string, befor
 		foundSeq uint64
 		next     uint64 = 1
 	)
-	for range maxHistoryWalk {
+	for range maxHistoryWalk + 1 { // the last read may reach before
 		m, err := st.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
