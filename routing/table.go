@@ -49,9 +49,9 @@ type appRef struct {
 // number of goroutines may read it without locking.
 type Snapshot struct {
 	version   uint64
-	hosts     hamt[*appRef] // exact domain → owner
-	wildcards hamt[*appRef] // "example.com" for the owner of "*.example.com"
-	apps      hamt[*appRef]
+	hosts     hamt[appRef] // exact domain → owner
+	wildcards hamt[appRef] // "example.com" for the owner of "*.example.com"
+	apps      hamt[appRef]
 	next      chan struct{} // closed when a newer Snapshot is published
 }
 
