@@ -131,17 +131,24 @@ type Table struct {
 	// reads. Request handlers never take it.
 	mu     sync.Mutex
 	states map[string]*appState
-	claims map[string][]string // domain → apps claiming it, owner first
+	claims map[string]claimLine // domain → apps claiming it
+	// dirty are the apps whose routes the batch being applied changes, and
+	// built their new App (nil: deleted), in the same order; both are
+	// empty between batches and keep their arrays from one to the next.
+	dirty []*appState
+	built []*App
 }
 
 // appState is what the table knows of an app: each aspect with the
 // generation that set it, and the highest generation of a delete.
 type appState struct {
+	name          string
+	dirty         bool   // in Table.dirty
 	containersGen uint64 // 0: no container set since the last delete
 	domainsGen    uint64 // 0: no domain set since the last delete
 	deletedGen    uint64
 	containers    []Container
-	domains       []string // claimed, owned or not
+	domains       []string // claimed, owned or not; sorted, never changed in place
 	options       events.AppOptions
 	ref           *appRef
 }
@@ -157,7 +164,7 @@ func (st *appState) generation() uint64 {
 // as the container stays in its app's container set; a nil limiter turns
 // shaping off.
 func NewTable(log zerolog.Logger, limiter *shaping.Limiter) *Table {
-	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string][]string{}}
+	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string]claimLine{}}
 	t.cur.Store(&Snapshot{next: make(chan struct{})})
 	return t
 }
@@ -169,105 +176,144 @@ func (t *Table) Snapshot() *Snapshot { return t.cur.Load() }
 // Snapshot, or none if nothing changed. An event whose generation is not
 // newer than the state it would replace is ignored, so events may be
 // applied twice or out of order. Apply costs O(changed domains and
-// containers × log apps): it never copies the whole table.
+// containers × log apps): it never copies the whole table, and the maps'
+// nodes it copies, it copies once per batch (see hamtBuilder).
 func (t *Table) Apply(batch []events.Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	dirty := map[string]bool{}
+	defer t.clean()
 	for _, ev := range batch {
-		t.apply(ev, dirty)
+		t.apply(ev)
 	}
-	if len(dirty) == 0 {
+	if len(t.dirty) == 0 {
 		return
 	}
 	old := t.cur.Load()
-	next := &Snapshot{
-		version:   old.version + 1,
-		hosts:     old.hosts,
-		wildcards: old.wildcards,
-		apps:      old.apps,
-		next:      make(chan struct{}),
-	}
+	r := routes{hosts: old.hosts.builder(), wildcards: old.wildcards.builder(), apps: old.apps.builder()}
 	// Only the domains that change owner touch the maps. Ownership may move
 	// between two dirty apps: withdraw the old routes before adding new ones.
-	built := make(map[string]*App, len(dirty))
-	for name := range dirty {
-		st := t.states[name]
+	for _, st := range t.dirty {
 		var a *App
 		if st.alive() {
-			a = t.build(name, st)
+			a = t.build(st)
 		}
-		built[name] = a
+		t.built = append(t.built, a)
 		if prev := st.ref.app.Load(); prev != nil {
 			for _, d := range prev.Domains {
 				if a == nil || !slices.Contains(a.Domains, d) {
-					next.unroute(d, st.ref)
+					r.unroute(d, st.ref)
 				}
 			}
 		}
 	}
-	for name, a := range built {
-		st := t.states[name]
-		prev := st.ref.app.Load()
+	for i, st := range t.dirty {
+		a, prev := t.built[i], st.ref.app.Load()
 		switch {
 		case a == nil && prev != nil:
-			next.apps = next.apps.Delete(name)
+			r.apps.Delete(st.name)
 		case a != nil && prev == nil:
-			next.apps = next.apps.Set(name, st.ref)
+			r.apps.Set(st.name, st.ref)
 		}
 		if a != nil {
 			for _, d := range a.Domains {
 				if prev == nil || !slices.Contains(prev.Domains, d) {
-					next.route(d, st.ref)
+					r.route(d, st.ref)
 				}
 			}
 		}
 		st.ref.app.Store(a)
 	}
+	next := &Snapshot{
+		version:   old.version + 1,
+		hosts:     r.hosts.Map(),
+		wildcards: r.wildcards.Map(),
+		apps:      r.apps.Map(),
+		next:      make(chan struct{}),
+	}
 	t.cur.Store(next)
 	close(old.next)
 }
 
-func (s *Snapshot) route(domain string, ref *appRef) {
+// markDirty adds st to the apps whose routes the batch being applied
+// changes.
+func (t *Table) markDirty(st *appState) {
+	if !st.dirty {
+		st.dirty = true
+		t.dirty = append(t.dirty, st)
+	}
+}
+
+// clean empties the batch's lists of dirty apps, keeping their arrays for
+// the next batch.
+func (t *Table) clean() {
+	for i, st := range t.dirty {
+		st.dirty = false
+		t.dirty[i] = nil
+	}
+	clear(t.built)
+	t.dirty, t.built = t.dirty[:0], t.built[:0]
+}
+
+// routes are the maps of the next Snapshot while Apply changes them.
+type routes struct {
+	hosts     hamtBuilder[appRef] // exact domain → owner
+	wildcards hamtBuilder[appRef] // "example.com" for the owner of "*.example.com"
+	apps      hamtBuilder[appRef]
+}
+
+// route sends domain to ref.
+func (r *routes) route(domain string, ref *appRef) {
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		s.wildcards = s.wildcards.Set(w, ref)
+		r.wildcards.Set(w, ref)
 	} else {
-		s.hosts = s.hosts.Set(domain, ref)
+		r.hosts.Set(domain, ref)
 	}
 }
 
 // unroute removes domain unless another app has taken it already.
-func (s *Snapshot) unroute(domain string, ref *appRef) {
-	m := &s.hosts
+func (r *routes) unroute(domain string, ref *appRef) {
+	m := &r.hosts
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		m, domain = &s.wildcards, w
+		m, domain = &r.wildcards, w
 	}
 	if cur, ok := m.Get(domain); ok && cur == ref {
-		*m = m.Delete(domain)
+		m.Delete(domain)
 	}
 }
 
-// build makes the App published for st.
-func (t *Table) build(name string, st *appState) *App {
-	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref, Domains: []string{}}
-	for _, d := range st.domains {
-		if t.claims[d][0] == name {
-			a.Domains = append(a.Domains, d)
-		} else {
-			a.Refused = append(a.Refused, d)
+// build makes the App published for st. When st owns every domain it
+// claims (the usual case), the App shares st's sorted list of domains, which
+// is never changed in place.
+func (t *Table) build(st *appState) *App {
+	a := &App{Name: st.name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref,
+		Domains: st.domains}
+	for i, d := range st.domains {
+		if t.claims[d].owner != st.name {
+			a.Domains = slices.Clone(st.domains[:i])
+			break
 		}
 	}
-	slices.Sort(a.Domains)
-	slices.Sort(a.Refused)
+	if len(a.Domains) < len(st.domains) {
+		for _, d := range st.domains[len(a.Domains):] {
+			if t.claims[d].owner == st.name {
+				a.Domains = append(a.Domains, d)
+			} else {
+				a.Refused = append(a.Refused, d)
+			}
+		}
+	}
+	if a.Domains == nil {
+		a.Domains = []string{} // "[]" in JSON, not null
+	}
 	return a
 }
 
 // apply records one event in the table's state and marks the apps whose
 // routes it changes.
-func (t *Table) apply(ev events.Event, dirty map[string]bool) {
+func (t *Table) apply(ev events.Event) {
 	st := t.states[ev.App]
 	if st == nil {
-		st = &appState{ref: new(appRef)}
+		st = &appState{name: ev.App, ref: new(appRef)}
 		t.states[ev.App] = st
 	}
 	switch ev.Kind.Aspect() {
@@ -277,15 +323,15 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 			return
 		}
 		st.containersGen, st.containers = ev.Generation, t.containers(ev, st.containers)
-		dirty[ev.App] = true
+		t.markDirty(st)
 	case events.AspectDomains:
 		if ev.Generation <= st.domainsGen || ev.Generation <= st.deletedGen {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
 			return
 		}
 		st.domainsGen, st.options = ev.Generation, ev.Options
-		t.claim(ev, st, ev.Domains, dirty)
-		dirty[ev.App] = true
+		t.claim(ev, st, ev.Domains)
+		t.markDirty(st)
 	case events.AspectDelete:
 		if ev.Generation <= st.deletedGen {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.deletedGen).Msg("event ignored: already deleted at this generation")
@@ -300,9 +346,9 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 		}
 		if st.domainsGen <= ev.Generation {
 			st.domainsGen, st.options = 0, events.AppOptions{}
-			t.claim(ev, st, nil, dirty)
+			t.claim(ev, st, nil)
 		}
-		dirty[ev.App] = true
+		t.markDirty(st)
 	}
 }
 
@@ -358,35 +404,65 @@ func retire(prev, next []Container) {
 // claim replaces the domains app claims. A domain goes to the first app that
 // claims it and stays with it; a later claim is refused and waits in line,
 // and takes over when the owner lets the domain go.
-func (t *Table) claim(ev events.Event, st *appState, domains []string, dirty map[string]bool) {
+func (t *Table) claim(ev events.Event, st *appState, domains []string) {
 	app := ev.App
 	for _, d := range st.domains {
 		if slices.Contains(domains, d) {
 			continue
 		}
 		line := t.claims[d]
-		i := slices.Index(line, app)
-		line = slices.Delete(slices.Clone(line), i, i+1)
-		if len(line) == 0 {
+		released := line.owner == app
+		line = line.without(app)
+		if line.owner == "" {
 			delete(t.claims, d)
 			continue
 		}
 		t.claims[d] = line
-		if i == 0 {
-			dirty[line[0]] = true
-			withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", line[0]).Msg("domain released to the next app claiming it")
+		if released {
+			t.markDirty(t.states[line.owner])
+			withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", line.owner).Msg("domain released to the next app claiming it")
 		}
 	}
 	for _, d := range domains {
 		if slices.Contains(st.domains, d) {
 			continue
 		}
-		t.claims[d] = append(t.claims[d], app)
-		if owner := t.claims[d][0]; owner != app {
-			withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", owner).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
+		line, ok := t.claims[d]
+		if !ok {
+			t.claims[d] = claimLine{owner: app}
+			continue
 		}
+		line.waiting = append(line.waiting, app)
+		t.claims[d] = line
+		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", line.owner).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
 	}
 	st.domains = slices.Clone(domains)
+	slices.Sort(st.domains)
+}
+
+// claimLine is the line of apps claiming a domain: its owner, then the apps
+// that claimed it later, in the order they did, waiting for it. Most domains
+// have no one waiting: the owner is kept apart so that a line of one costs
+// no allocation. A line is never changed in place: without returns a new
+// one, and waiting slices are appended to only by the line that holds them.
+type claimLine struct {
+	owner   string   // "" for no one
+	waiting []string // apps refused the domain, first in line first
+}
+
+// without returns the line without app, which is in it: if app owned the
+// domain, the first app waiting owns it now.
+func (l claimLine) without(app string) claimLine {
+	if l.owner != app {
+		i := slices.Index(l.waiting, app)
+		return claimLine{owner: l.owner, waiting: slices.Delete(slices.Clone(l.waiting), i, i+1)}
+	}
+	if len(l.waiting) == 0 {
+		return claimLine{}
+	}
+	// Clipped, so that an append to the new line cannot write into an
+	// array the old one still sees.
+	return claimLine{owner: l.waiting[0], waiting: slices.Clip(l.waiting[1:])}
 }
 
 // withEvent adds the fields that identify ev to a log event.

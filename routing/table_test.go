@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 
@@ -346,5 +347,49 @@ func TestNoBucketsWithoutShaping(t *testing.T) {
 	tb.Apply([]events.Event{deploy("app", 1, "a")})
 	if a, _ := tb.Snapshot().App("app"); a.Containers[0].Bucket() != nil {
 		t.Fatal("a container has a bucket with shaping off")
+	}
+}
+
+// TestOldSnapshotsKeepTheirRoutes checks that a batch, whose changes the
+// table's builders make in place, leaves every snapshot published before it
+// routing as it did: which app a host or an app name leads to.
+func TestOldSnapshotsKeepTheirRoutes(t *testing.T) {
+	tb := NewTable(zerolog.Nop(), nil)
+	routesOf := func(s *Snapshot) map[string]*appRef {
+		out := map[string]*appRef{}
+		s.hosts.Range(func(k string, v *appRef) bool { out["host "+k] = v; return true })
+		s.wildcards.Range(func(k string, v *appRef) bool { out["wild "+k] = v; return true })
+		s.apps.Range(func(k string, v *appRef) bool { out["app "+k] = v; return true })
+		return out
+	}
+	var snaps []*Snapshot
+	var wants []map[string]*appRef
+	gen := uint64(1)
+	for round := range 20 {
+		var batch []events.Event
+		for i := range 50 {
+			app := fmt.Sprintf("app-%d", (round*7+i)%60)
+			gen++
+			switch i % 5 {
+			case 0:
+				batch = append(batch, del(app, gen))
+			case 1:
+				batch = append(batch, deploy(app, gen, "a"))
+			default:
+				// Domains shared between apps, so that some move
+				// from one owner to another within a batch.
+				batch = append(batch, domains(app, gen,
+					fmt.Sprintf("d%d.example.com", (round+i)%40), fmt.Sprintf("*.w%d.example.com", i%13)))
+			}
+		}
+		tb.Apply(batch)
+		s := tb.Snapshot()
+		snaps = append(snaps, s)
+		wants = append(wants, routesOf(s))
+		for i := range snaps {
+			if got := routesOf(snaps[i]); !maps.Equal(got, wants[i]) {
+				t.Fatalf("after batch %d, snapshot %d routes %v, want %v", round, i, got, wants[i])
+			}
+		}
 	}
 }
