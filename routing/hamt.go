@@ -87,6 +87,16 @@ func (s *hslot[T]) collision() []hslot[T] {
 // key returns the key of the entry s.
 func (s *hslot[T]) key() string { return keyString(s.ptr) }
 
+// hasKey reports whether the entry s has key key. It compares the lengths
+// before the bytes.
+func (s *hslot[T]) hasKey(key string) bool {
+	n := *(*byte)(s.ptr)
+	if n >= 0x80 {
+		return s.key() == key
+	}
+	return int(n) == len(key) && unsafe.String((*byte)(unsafe.Add(s.ptr, 1)), len(key)) == key
+}
+
 // val returns the value of the entry s.
 func (s *hslot[T]) val() *T { return (*T)(s.aux) }
 
@@ -129,24 +139,26 @@ func (m hamt[T]) Get(key string) (*T, bool) { return m.get(key, hashKey(key)) }
 
 func (m hamt[T]) get(key string, hash uint64) (*T, bool) {
 	hash &^= nodeFlag
+	h := hash // shifted by a level's bits at each level
 	bitmap, sub := m.root.bits&bitmapMask, m.root.ptr
-	for shift := uint(0); shift < hashBits; shift += hamtBits {
-		bit := slotBit(hash, shift)
+	for range hashBits / hamtBits {
+		bit := uint64(1) << (h & (hamtWidth - 1))
 		if bitmap&bit == 0 {
 			return nil, false
 		}
 		s := (*hslot[T])(unsafe.Add(sub, uintptr(index(bitmap, bit))*unsafe.Sizeof(hslot[T]{})))
 		if !s.isNode() {
-			if s.bits == hash && s.key() == key {
+			if s.bits == hash && s.hasKey(key) {
 				return s.val(), true
 			}
 			return nil, false
 		}
 		bitmap, sub = s.bits&^nodeFlag, s.ptr
+		h >>= hamtBits
 	}
 	// sub is a collision list of bitmap entries.
 	for _, e := range unsafe.Slice((*hslot[T])(sub), bitmap) {
-		if e.bits == hash && e.key() == key {
+		if e.bits == hash && e.hasKey(key) {
 			return e.val(), true
 		}
 	}

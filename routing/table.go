@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -107,16 +108,26 @@ func (s *Snapshot) Lookup(host string) (*App, bool) {
 
 // normalizeHost lowercases host and strips a port and a trailing dot. It
 // returns "" for an IP literal or an empty name. It allocates only when host
-// has upper-case letters.
+// has upper-case letters. It reads host once when nothing needs lowering
+// (the usual case): it is on the path of every request.
 func normalizeHost(host string) string {
 	if strings.HasPrefix(host, "[") {
 		return "" // IPv6 literal: no app is named by address
 	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 {
-		host = host[:i]
+	end, lower := len(host), false
+	for i := 0; i < len(host); i++ {
+		switch c := host[i]; {
+		case c == ':':
+			end = i // the last colon starts the port
+		case 'A' <= c && c <= 'Z', c >= utf8.RuneSelf:
+			lower = true
+		}
 	}
-	host = strings.TrimSuffix(host, ".")
-	return strings.ToLower(host)
+	host = strings.TrimSuffix(host[:end], ".")
+	if lower {
+		return strings.ToLower(host)
+	}
+	return host
 }
 
 // Table is the route table of a router: the current Snapshot, read by

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -390,6 +391,29 @@ func TestOldSnapshotsKeepTheirRoutes(t *testing.T) {
 			if got := routesOf(snaps[i]); !maps.Equal(got, wants[i]) {
 				t.Fatalf("after batch %d, snapshot %d routes %v, want %v", round, i, got, wants[i])
 			}
+		}
+	}
+}
+
+// TestNormalizeHostMatchesPlainVersion compares normalizeHost with the
+// plain composition of the standard library's functions it stands for.
+func TestNormalizeHostMatchesPlainVersion(t *testing.T) {
+	plain := func(host string) string {
+		if strings.HasPrefix(host, "[") {
+			return ""
+		}
+		if i := strings.LastIndexByte(host, ':'); i >= 0 {
+			host = host[:i]
+		}
+		return strings.ToLower(strings.TrimSuffix(host, "."))
+	}
+	for _, host := range []string{
+		"", ".", ":", "::", "a", "A", "www.example.com", "WWW.Example.COM", "www.example.com.", "www.example.com.:80",
+		"www.example.com:8080", "host:ABC", "a:b:c", "[::1]:80", "127.0.0.1:80", "ÉCOLE.example.com", "école.example.com:443",
+		"www.example.com..", "x.Y.z.:", "\xff\xfe", "İ.example.com",
+	} {
+		if got, want := normalizeHost(host), plain(host); got != want {
+			t.Errorf("normalizeHost(%q) = %q, want %q", host, got, want)
 		}
 	}
 }
