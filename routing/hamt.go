@@ -14,9 +14,9 @@ var hashSeed = maphash.MakeSeed()
 func hashKey(key string) uint64 { return maphash.String(hashSeed, key) }
 
 // hamt is a persistent hash map from strings to *T: a hash array mapped trie,
-// 32 ways per level. Set and Delete return a new map and leave the receiver
+// 16 ways per level. Set and Delete return a new map and leave the receiver
 // unchanged; they copy only the nodes on the path to the key, so an update
-// costs O(log32 n) whatever the size of the map. A hamtBuilder makes a series
+// costs O(log16 n) whatever the size of the map. A hamtBuilder makes a series
 // of updates without copying the same node twice. The zero value is an empty
 // map. A hamt is safe to share between goroutines, because no node reachable
 // from a hamt is modified once the update or the builder that made it has
@@ -24,8 +24,11 @@ func hashKey(key string) uint64 { return maphash.String(hashSeed, key) }
 //
 // The cost of an update is the bytes it copies (each copy is garbage once the
 // previous version is dropped, and the garbage collector's work grows with
-// the bytes allocated), so a slot is 24 bytes and a node at most 32 slots:
-// a path of four levels copies about 2.3 KB in a map of 200k keys.
+// the bytes allocated, and each pointer copied pays a write barrier while a
+// cycle runs), so a slot is 24 bytes and a node at most 16 slots (384 bytes):
+// in a map of 200k keys, a path copies about 1.6 KB (five levels, the last
+// one sparse). Wider nodes make lookups shorter but updates dearer: 64 ways
+// of 40-byte slots copied 7 KB per path, 32 ways of 24 bytes 2.4 KB.
 type hamt[T any] struct {
 	root hslot[T] // a node; zero when the map is empty
 	size int
@@ -33,8 +36,8 @@ type hamt[T any] struct {
 
 // hslot is either an inner node or an entry, told apart by nodeFlag in bits.
 //
-// A node (nodeFlag set) holds in the low 32 bits of bits the bitmap of which
-// of the 32 slots of the next level are present, in ptr its first element
+// A node (nodeFlag set) holds in the low 16 bits of bits the bitmap of which
+// of the 16 slots of the next level are present, in ptr its first element
 // (the array has popcount(bitmap) slots, in bit order), and in aux the
 // editToken of the builder that allocated the array, nil if none: only that
 // builder may change the array, and only until it returns the map. Keeping a
@@ -56,11 +59,11 @@ type hslot[T any] struct {
 type editToken struct{ _ byte }
 
 const (
-	hamtBits   = 5
+	hamtBits   = 4
 	hamtWidth  = 1 << hamtBits
 	bitmapMask = 1<<hamtWidth - 1
-	// hashBits is how many bits of the hash the levels consume: 12 levels
-	// of 5 bits. Keys whose hashes agree on them share a collision list.
+	// hashBits is how many bits of the hash the levels consume: 15 levels
+	// of 4 bits. Keys whose hashes agree on them share a collision list.
 	hashBits = 60
 	nodeFlag = 1 << 63
 )
