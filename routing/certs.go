@@ -38,7 +38,7 @@ type Certs struct {
 // certSet maps exact names and wildcard bases ("example.com" for
 // "*.example.com") to certificates.
 type certSet struct {
-	exact, wild hamt[*tls.Certificate]
+	exact, wild hamt[tls.Certificate]
 }
 
 func (s *certSet) get(name string) (*tls.Certificate, bool) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -51,9 +52,9 @@ type appRef struct {
 // number of goroutines may read it without locking.
 type Snapshot struct {
 	version   uint64
-	hosts     hamt[*appRef] // exact domain → owner
-	wildcards hamt[*appRef] // "example.com" for the owner of "*.example.com"
-	apps      hamt[*appRef]
+	hosts     hamt[appRef] // exact domain → owner
+	wildcards hamt[appRef] // "example.com" for the owner of "*.example.com"
+	apps      hamt[appRef]
 	next      chan struct{} // closed when a newer Snapshot is published
 }
 
@@ -109,16 +110,26 @@ func (s *Snapshot) Lookup(host string) (*App, bool) {
 
 // normalizeHost lowercases host and strips a port and a trailing dot. It
 // returns "" for an IP literal or an empty name. It allocates only when host
-// has upper-case letters.
+// has upper-case letters. It reads host once when nothing needs lowering
+// (the usual case): it is on the path of every request.
 func normalizeHost(host string) string {
 	if strings.HasPrefix(host, "[") {
 		return "" // IPv6 literal: no app is named by address
 	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 {
-		host = host[:i]
+	end, lower := len(host), false
+	for i := 0; i < len(host); i++ {
+		switch c := host[i]; {
+		case c == ':':
+			end = i // the last colon starts the port
+		case 'A' <= c && c <= 'Z', c >= utf8.RuneSelf:
+			lower = true
+		}
 	}
-	host = strings.TrimSuffix(host, ".")
-	return strings.ToLower(host)
+	host = strings.TrimSuffix(host[:end], ".")
+	if lower {
+		return strings.ToLower(host)
+	}
+	return host
 }
 
 // Table is the route table of a router: the current Snapshot, read by
@@ -133,40 +144,24 @@ type Table struct {
 	// reads. Request handlers never take it.
 	mu     sync.Mutex
 	states map[string]*appState
-	claims map[string][]claimant // domain → its claims, owner first (claimant.compare)
-}
-
-// claimant is one app's claim of a domain.
-type claimant struct {
-	app string
-	at  int64 // when the app first claimed the domain, unix ms; 0: unknown
-}
-
-// compare ranks c against o, claims of the same domain (-1: c first): the
-// earlier claim time first, an unknown time after every known one, then
-// the app name. The rank depends only on the claims, so every router that
-// holds the same messages picks the same owner, whatever order it read
-// them in.
-func (c claimant) compare(o claimant) int {
-	switch {
-	case c.at == o.at:
-		return strings.Compare(c.app, o.app)
-	case c.at == 0:
-		return 1
-	case o.at == 0:
-		return -1
-	}
-	return cmp.Compare(c.at, o.at)
+	claims map[string]claimLine // domain → its claims, owner first (claimant.compare)
+	// dirty are the apps whose routes the batch being applied changes, and
+	// built their new App (nil: deleted), in the same order; both are
+	// empty between batches and keep their arrays from one to the next.
+	dirty []*appState
+	built []*App
 }
 
 // appState is what the table knows of an app: each aspect with the
 // generation that set it, and the highest generation of a delete.
 type appState struct {
+	name          string
+	dirty         bool   // in Table.dirty
 	containersGen uint64 // 0: no container set since the last delete
 	domainsGen    uint64 // 0: no domain set since the last delete
 	deletedGen    uint64
 	containers    []Container
-	domains       []string         // claimed, owned or not
+	domains       []string         // claimed, owned or not; sorted, never changed in place
 	claimedAt     map[string]int64 // claim time of domains, unix ms; absent: unknown
 	options       events.AppOptions
 	ref           *appRef
@@ -183,7 +178,7 @@ func (st *appState) generation() uint64 {
 // as the container stays in its app's container set; a nil limiter turns
 // shaping off.
 func NewTable(log zerolog.Logger, limiter *shaping.Limiter) *Table {
-	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string][]claimant{}}
+	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string]claimLine{}}
 	t.cur.Store(&Snapshot{next: make(chan struct{})})
 	return t
 }
@@ -195,56 +190,48 @@ func (t *Table) Snapshot() *Snapshot { return t.cur.Load() }
 // Snapshot, or none if nothing changed. An event whose generation is not
 // newer than the state it would replace is ignored, so events may be
 // applied twice or out of order. Apply costs O(changed domains and
-// containers × log apps): it never copies the whole table.
+// containers × log apps): it never copies the whole table, and the maps'
+// nodes it copies, it copies once per batch (see hamtBuilder).
 func (t *Table) Apply(batch []events.Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	dirty := map[string]bool{}
+	defer t.clean()
 	for _, ev := range batch {
-		t.apply(ev, dirty)
+		t.apply(ev)
 	}
-	if len(dirty) == 0 {
+	if len(t.dirty) == 0 {
 		return
 	}
 	old := t.cur.Load()
-	next := &Snapshot{
-		version:   old.version + 1,
-		hosts:     old.hosts,
-		wildcards: old.wildcards,
-		apps:      old.apps,
-		next:      make(chan struct{}),
-	}
+	r := routes{hosts: old.hosts.builder(), wildcards: old.wildcards.builder(), apps: old.apps.builder()}
 	// Only the domains that change owner touch the maps. Ownership may move
 	// between two dirty apps: withdraw the old routes before adding new ones.
-	built := make(map[string]*App, len(dirty))
-	for name := range dirty {
-		st := t.states[name]
+	for _, st := range t.dirty {
 		var a *App
 		if st.alive() {
-			a = t.build(name, st)
+			a = t.build(st)
 		}
-		built[name] = a
+		t.built = append(t.built, a)
 		if prev := st.ref.app.Load(); prev != nil {
 			for _, d := range prev.Domains {
 				if a == nil || !slices.Contains(a.Domains, d) {
-					next.unroute(d, st.ref)
+					r.unroute(d, st.ref)
 				}
 			}
 		}
 	}
-	for name, a := range built {
-		st := t.states[name]
-		prev := st.ref.app.Load()
+	for i, st := range t.dirty {
+		a, prev := t.built[i], st.ref.app.Load()
 		switch {
 		case a == nil && prev != nil:
-			next.apps = next.apps.Delete(name)
+			r.apps.Delete(st.name)
 		case a != nil && prev == nil:
-			next.apps = next.apps.Set(name, st.ref)
+			r.apps.Set(st.name, st.ref)
 		}
 		if a != nil {
 			for _, d := range a.Domains {
 				if prev == nil || !slices.Contains(prev.Domains, d) {
-					next.route(d, st.ref)
+					r.route(d, st.ref)
 				}
 			}
 		}
@@ -253,50 +240,97 @@ func (t *Table) Apply(batch []events.Event) {
 		// find the app scaled to zero, or gone).
 		st.ref.queue.wakeAll()
 	}
+	next := &Snapshot{
+		version:   old.version + 1,
+		hosts:     r.hosts.Map(),
+		wildcards: r.wildcards.Map(),
+		apps:      r.apps.Map(),
+		next:      make(chan struct{}),
+	}
 	t.cur.Store(next)
 	close(old.next)
 }
 
-func (s *Snapshot) route(domain string, ref *appRef) {
+// markDirty adds st to the apps whose routes the batch being applied
+// changes.
+func (t *Table) markDirty(st *appState) {
+	if !st.dirty {
+		st.dirty = true
+		t.dirty = append(t.dirty, st)
+	}
+}
+
+// clean empties the batch's lists of dirty apps, keeping their arrays for
+// the next batch.
+func (t *Table) clean() {
+	for i, st := range t.dirty {
+		st.dirty = false
+		t.dirty[i] = nil
+	}
+	clear(t.built)
+	t.dirty, t.built = t.dirty[:0], t.built[:0]
+}
+
+// routes are the maps of the next Snapshot while Apply changes them.
+type routes struct {
+	hosts     hamtBuilder[appRef] // exact domain → owner
+	wildcards hamtBuilder[appRef] // "example.com" for the owner of "*.example.com"
+	apps      hamtBuilder[appRef]
+}
+
+// route sends domain to ref.
+func (r *routes) route(domain string, ref *appRef) {
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		s.wildcards = s.wildcards.Set(w, ref)
+		r.wildcards.Set(w, ref)
 	} else {
-		s.hosts = s.hosts.Set(domain, ref)
+		r.hosts.Set(domain, ref)
 	}
 }
 
 // unroute removes domain unless another app has taken it already.
-func (s *Snapshot) unroute(domain string, ref *appRef) {
-	m := &s.hosts
+func (r *routes) unroute(domain string, ref *appRef) {
+	m := &r.hosts
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		m, domain = &s.wildcards, w
+		m, domain = &r.wildcards, w
 	}
 	if cur, ok := m.Get(domain); ok && cur == ref {
-		*m = m.Delete(domain)
+		m.Delete(domain)
 	}
 }
 
-// build makes the App published for st.
-func (t *Table) build(name string, st *appState) *App {
-	a := &App{Name: name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref, Domains: []string{}}
-	for _, d := range st.domains {
-		if t.claims[d][0].app == name {
-			a.Domains = append(a.Domains, d)
-		} else {
-			a.Refused = append(a.Refused, d)
+// build makes the App published for st. When st owns every domain it
+// claims (the usual case), the App shares st's sorted list of domains, which
+// is never changed in place.
+func (t *Table) build(st *appState) *App {
+	a := &App{Name: st.name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref,
+		Domains: st.domains}
+	for i, d := range st.domains {
+		if t.claims[d].owner.app != st.name {
+			a.Domains = slices.Clone(st.domains[:i])
+			break
 		}
 	}
-	slices.Sort(a.Domains)
-	slices.Sort(a.Refused)
+	if len(a.Domains) < len(st.domains) {
+		for _, d := range st.domains[len(a.Domains):] {
+			if t.claims[d].owner.app == st.name {
+				a.Domains = append(a.Domains, d)
+			} else {
+				a.Refused = append(a.Refused, d)
+			}
+		}
+	}
+	if a.Domains == nil {
+		a.Domains = []string{} // "[]" in JSON, not null
+	}
 	return a
 }
 
 // apply records one event in the table's state and marks the apps whose
 // routes it changes.
-func (t *Table) apply(ev events.Event, dirty map[string]bool) {
+func (t *Table) apply(ev events.Event) {
 	st := t.states[ev.App]
 	if st == nil {
-		st = &appState{ref: new(appRef)}
+		st = &appState{name: ev.App, ref: new(appRef)}
 		t.states[ev.App] = st
 	}
 	switch ev.Kind.Aspect() {
@@ -306,15 +340,15 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 			return
 		}
 		st.containersGen, st.containers = ev.Generation, t.containers(ev, st.containers)
-		dirty[ev.App] = true
+		t.markDirty(st)
 	case events.AspectDomains:
 		if ev.Generation <= st.domainsGen || ev.Generation <= st.deletedGen {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.generation()).Msg("event ignored: not newer than the state it would replace")
 			return
 		}
 		st.domainsGen, st.options = ev.Generation, ev.Options
-		t.claim(ev, st, ev.Domains, ev.ClaimedAt, dirty)
-		dirty[ev.App] = true
+		t.claim(ev, st, ev.Domains, ev.ClaimedAt)
+		t.markDirty(st)
 	case events.AspectDelete:
 		if ev.Generation <= st.deletedGen {
 			withEvent(t.log.Debug(), ev).Uint64("current", st.deletedGen).Msg("event ignored: already deleted at this generation")
@@ -329,9 +363,9 @@ func (t *Table) apply(ev events.Event, dirty map[string]bool) {
 		}
 		if st.domainsGen <= ev.Generation {
 			st.domainsGen, st.options = 0, events.AppOptions{}
-			t.claim(ev, st, nil, nil, dirty)
+			t.claim(ev, st, nil, nil)
 		}
-		dirty[ev.App] = true
+		t.markDirty(st)
 	}
 }
 
@@ -391,45 +425,41 @@ func retire(prev, next []Container) {
 // its domains again, and the next in line takes over when it lets the
 // domain go. Only the domains whose claim by app changes are visited, so
 // the cost does not grow with the number of apps.
-func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt map[string]int64, dirty map[string]bool) {
-	app := ev.App
+func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt map[string]int64) {
 	for _, d := range st.domains {
 		if !slices.Contains(domains, d) {
-			t.reclaim(ev, d, claimant{}, dirty)
+			t.reclaim(ev, d, claimant{})
 		}
 	}
 	for _, d := range domains {
 		if !slices.Contains(st.domains, d) || st.claimedAt[d] != claimedAt[d] {
-			t.reclaim(ev, d, claimant{app: app, at: claimedAt[d]}, dirty)
+			t.reclaim(ev, d, claimant{app: ev.App, at: claimedAt[d]})
 		}
 	}
 	st.domains = slices.Clone(domains)
+	slices.Sort(st.domains)
 	st.claimedAt = maps.Clone(claimedAt)
 }
 
 // reclaim replaces the claim of d by ev's app with c (none when c.app is
 // ""), marks the apps whose ownership changes, and logs the outcome.
-func (t *Table) reclaim(ev events.Event, d string, c claimant, dirty map[string]bool) {
+func (t *Table) reclaim(ev events.Event, d string, c claimant) {
 	line := t.claims[d]
-	before := ""
-	if len(line) > 0 {
-		before = line[0].app
-	}
-	line = slices.DeleteFunc(slices.Clone(line), func(o claimant) bool { return o.app == ev.App })
+	before := line.owner.app
+	line = line.without(ev.App)
 	if c.app != "" {
-		i, _ := slices.BinarySearchFunc(line, c, claimant.compare)
-		line = slices.Insert(line, i, c)
+		line = line.with(c)
 	}
-	if len(line) == 0 {
+	if line.owner.app == "" {
 		delete(t.claims, d)
 		return
 	}
 	t.claims[d] = line
-	after := line[0].app
+	after := line.owner.app
 	if after != before {
-		dirty[after] = true
+		t.markDirty(t.states[after])
 		if before != "" {
-			dirty[before] = true
+			t.markDirty(t.states[before])
 		}
 	}
 	switch {
@@ -440,6 +470,68 @@ func (t *Table) reclaim(ev events.Event, d string, c claimant, dirty map[string]
 	case c.app != "" && before != "" && before != ev.App:
 		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", ev.App).Str("refused", before).Str("code", "domain_conflict").Msg("domain taken over by an earlier claim: the other app's claim is refused")
 	}
+}
+
+// claimant is one app's claim of a domain.
+type claimant struct {
+	app string
+	at  int64 // when the app first claimed the domain, unix ms; 0: unknown
+}
+
+// compare ranks c against o, claims of the same domain (-1: c first): the
+// earlier claim time first, an unknown time after every known one, then
+// the app name. The rank depends only on the claims, so every router that
+// holds the same messages picks the same owner, whatever order it read
+// them in.
+func (c claimant) compare(o claimant) int {
+	switch {
+	case c.at == o.at:
+		return strings.Compare(c.app, o.app)
+	case c.at == 0:
+		return 1
+	case o.at == 0:
+		return -1
+	}
+	return cmp.Compare(c.at, o.at)
+}
+
+// claimLine holds the claims of a domain: its owner, the claim that ranks
+// first, then the refused ones in rank order, waiting for it. Most domains
+// have no one waiting: the owner is kept apart so that a line of one costs
+// no allocation. A line is never changed in place: with and without return
+// a new one.
+type claimLine struct {
+	owner   claimant   // app "" for no one
+	waiting []claimant // refused claims, first in line first
+}
+
+// without returns the line without app's claim, if it has one: if app
+// owned the domain, the first claim waiting owns it now.
+func (l claimLine) without(app string) claimLine {
+	if l.owner.app != app {
+		i := slices.IndexFunc(l.waiting, func(c claimant) bool { return c.app == app })
+		if i < 0 {
+			return l
+		}
+		return claimLine{owner: l.owner, waiting: slices.Delete(slices.Clone(l.waiting), i, i+1)}
+	}
+	if len(l.waiting) == 0 {
+		return claimLine{}
+	}
+	return claimLine{owner: l.waiting[0], waiting: slices.Clip(l.waiting[1:])}
+}
+
+// with returns the line with c in its rank; the line has no claim of c's
+// app.
+func (l claimLine) with(c claimant) claimLine {
+	switch {
+	case l.owner.app == "":
+		return claimLine{owner: c}
+	case c.compare(l.owner) < 0:
+		return claimLine{owner: c, waiting: slices.Insert(slices.Clone(l.waiting), 0, l.owner)}
+	}
+	i, _ := slices.BinarySearchFunc(l.waiting, c, claimant.compare)
+	return claimLine{owner: l.owner, waiting: slices.Insert(slices.Clone(l.waiting), i, c)}
 }
 
 // withEvent adds the fields that identify ev to a log event.

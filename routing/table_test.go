@@ -552,3 +552,70 @@ func TestNoBucketsWithoutShaping(t *testing.T) {
 		t.Fatal("a container has a bucket with shaping off")
 	}
 }
+
+// TestOldSnapshotsKeepTheirRoutes checks that a batch, whose changes the
+// table's builders make in place, leaves every snapshot published before it
+// routing as it did: which app a host or an app name leads to.
+func TestOldSnapshotsKeepTheirRoutes(t *testing.T) {
+	tb := NewTable(zerolog.Nop(), nil)
+	routesOf := func(s *Snapshot) map[string]*appRef {
+		out := map[string]*appRef{}
+		s.hosts.Range(func(k string, v *appRef) bool { out["host "+k] = v; return true })
+		s.wildcards.Range(func(k string, v *appRef) bool { out["wild "+k] = v; return true })
+		s.apps.Range(func(k string, v *appRef) bool { out["app "+k] = v; return true })
+		return out
+	}
+	var snaps []*Snapshot
+	var wants []map[string]*appRef
+	gen := uint64(1)
+	for round := range 20 {
+		var batch []events.Event
+		for i := range 50 {
+			app := fmt.Sprintf("app-%d", (round*7+i)%60)
+			gen++
+			switch i % 5 {
+			case 0:
+				batch = append(batch, del(app, gen))
+			case 1:
+				batch = append(batch, deploy(app, gen, "a"))
+			default:
+				// Domains shared between apps, so that some move
+				// from one owner to another within a batch.
+				batch = append(batch, domains(app, gen,
+					fmt.Sprintf("d%d.example.com", (round+i)%40), fmt.Sprintf("*.w%d.example.com", i%13)))
+			}
+		}
+		tb.Apply(batch)
+		s := tb.Snapshot()
+		snaps = append(snaps, s)
+		wants = append(wants, routesOf(s))
+		for i := range snaps {
+			if got := routesOf(snaps[i]); !maps.Equal(got, wants[i]) {
+				t.Fatalf("after batch %d, snapshot %d routes %v, want %v", round, i, got, wants[i])
+			}
+		}
+	}
+}
+
+// TestNormalizeHostMatchesPlainVersion compares normalizeHost with the
+// plain composition of the standard library's functions it stands for.
+func TestNormalizeHostMatchesPlainVersion(t *testing.T) {
+	plain := func(host string) string {
+		if strings.HasPrefix(host, "[") {
+			return ""
+		}
+		if i := strings.LastIndexByte(host, ':'); i >= 0 {
+			host = host[:i]
+		}
+		return strings.ToLower(strings.TrimSuffix(host, "."))
+	}
+	for _, host := range []string{
+		"", ".", ":", "::", "a", "A", "www.example.com", "WWW.Example.COM", "www.example.com.", "www.example.com.:80",
+		"www.example.com:8080", "host:ABC", "a:b:c", "[::1]:80", "127.0.0.1:80", "ÉCOLE.example.com", "école.example.com:443",
+		"www.example.com..", "x.Y.z.:", "\xff\xfe", "İ.example.com",
+	} {
+		if got, want := normalizeHost(host), plain(host); got != want {
+			t.Errorf("normalizeHost(%q) = %q, want %q", host, got, want)
+		}
+	}
+}
