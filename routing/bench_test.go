@@ -132,15 +132,48 @@ func BenchmarkLookupWildcard(b *testing.B) {
 	}
 }
 
-// BenchmarkApply measures the cost of one event applied to a table of 100k
-// apps, published as a new snapshot: a deploy (new container set) or a
-// domains change, one event per batch (the worst case: no coalescing).
+// BenchmarkApply measures the cost of one event applied to a table of 1k,
+// 10k and 100k apps, published as a new snapshot, one event per batch (the
+// worst case: no coalescing): a deploy that replaces an app's two containers
+// with two new ones, and a domains event that replaces one of an app's two
+// domains with another. Every app flips between two such states, set up
+// before the clock starts, so that each event does the same work at every
+// size; names and events are built beforehand too, as the decoder hands
+// them over built.
 func BenchmarkApply(b *testing.B) {
 	// One generation counter for every run, so that no event is stale
 	// however often the framework calls a sub-benchmark.
 	gen := uint64(10)
-	for _, n := range []int{1_000, 100_000} {
-		tb, _ := benchTable(b, n)
+	containers := [2][]events.Container{
+		{{ID: "web-2", Address: "10.0.0.2:5000"}, {ID: "web-3", Address: "10.0.0.3:5000"}},
+		{{ID: "web-4", Address: "10.0.0.4:5000"}, {ID: "web-5", Address: "10.0.0.5:5000"}},
+	}
+	for _, n := range []int{1_000, 10_000, 100_000} {
+		tb, hosts := benchTable(b, n)
+		names := make([]string, n)
+		domains := make([][2][]string, n)
+		for i := range n {
+			names[i] = fmt.Sprintf("app-%d", i)
+			for k := range 2 {
+				domains[i][k] = []string{hosts[i], fmt.Sprintf("v%d.%s.example.org", k, names[i])}
+			}
+		}
+		// Every app in state 0 of both aspects; the benchmarks flip it.
+		state := make([]int, n)
+		batch := make([]events.Event, 0, 1024)
+		for i := range n {
+			gen++
+			batch = append(batch,
+				events.Event{Kind: events.KindDeploy, App: names[i], Generation: gen, Containers: containers[0]},
+				events.Event{Kind: events.KindDomains, App: names[i], Generation: gen + 1, Domains: domains[i][0]})
+			gen++
+			if len(batch) == cap(batch) {
+				tb.Apply(batch)
+				batch = batch[:0]
+			}
+		}
+		tb.Apply(batch)
+		flip := func(i int) int { state[i] ^= 1; return state[i] }
 		b.Run(fmt.Sprintf("apps=%d/deploy", n), func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
@@ -148,11 +181,11 @@ func BenchmarkApply(b *testing.B) {
 			for b.Loop() {
 				gen++
 				i = (i + 7919) % n
-				batch[0] = events.Event{Kind: events.KindDeploy, App: fmt.Sprintf("app-%d", i), Generation: gen,
-					Containers: []events.Container{{ID: "web-2", Address: "10.0.0.2:5000"}, {ID: "web-3", Address: "10.0.0.3:5000"}}}
+				batch[0] = events.Event{Kind: events.KindDeploy, App: names[i], Generation: gen, Containers: containers[flip(i)]}
 				tb.Apply(batch)
 			}
 		})
+		clear(state)
 		b.Run(fmt.Sprintf("apps=%d/domains", n), func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
@@ -160,9 +193,7 @@ func BenchmarkApply(b *testing.B) {
 			for b.Loop() {
 				gen++
 				i = (i + 7919) % n
-				app := fmt.Sprintf("app-%d", i)
-				batch[0] = events.Event{Kind: events.KindDomains, App: app, Generation: gen,
-					Domains: []string{app + ".osc-fr1.example.com", fmt.Sprintf("v%d.example.org", gen)}}
+				batch[0] = events.Event{Kind: events.KindDomains, App: names[i], Generation: gen, Domains: domains[i][flip(i)]}
 				tb.Apply(batch)
 			}
 		})

@@ -157,6 +157,7 @@ type Table struct {
 type appState struct {
 	name          string
 	dirty         bool   // in Table.dirty
+	claimsChanged bool   // this batch changed its claims or their owners
 	containersGen uint64 // 0: no container set since the last delete
 	domainsGen    uint64 // 0: no domain set since the last delete
 	deletedGen    uint64
@@ -209,7 +210,7 @@ func (t *Table) Apply(batch []events.Event) {
 	for _, st := range t.dirty {
 		var a *App
 		if st.alive() {
-			a = t.build(st)
+			a = t.build(st, st.ref.app.Load())
 		}
 		t.built = append(t.built, a)
 		if prev := st.ref.app.Load(); prev != nil {
@@ -264,7 +265,7 @@ func (t *Table) markDirty(st *appState) {
 // the next batch.
 func (t *Table) clean() {
 	for i, st := range t.dirty {
-		st.dirty = false
+		st.dirty, st.claimsChanged = false, false
 		t.dirty[i] = nil
 	}
 	clear(t.built)
@@ -301,9 +302,14 @@ func (r *routes) unroute(domain string, ref *appRef) {
 // build makes the App published for st. When st owns every domain it
 // claims (the usual case), the App shares st's sorted list of domains, which
 // is never changed in place.
-func (t *Table) build(st *appState) *App {
+func (t *Table) build(st *appState, prev *App) *App {
 	a := &App{Name: st.name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref,
 		Domains: st.domains}
+	if prev != nil && !st.claimsChanged {
+		// Only its containers changed: the domains it owns are the same.
+		a.Domains, a.Refused = prev.Domains, prev.Refused
+		return a
+	}
 	for i, d := range st.domains {
 		if t.claims[d].owner.app != st.name {
 			a.Domains = slices.Clone(st.domains[:i])
@@ -376,12 +382,9 @@ func (t *Table) apply(ev events.Event) {
 func (t *Table) containers(ev events.Event, prev []Container) []Container {
 	out := make([]Container, len(ev.Containers))
 	limits := shaping.Limits{Rate: ev.Rate, Burst: ev.Burst}
-	kept := make(map[string]Container, len(prev))
-	for _, c := range prev {
-		kept[c.ID] = c
-	}
+	find := containerFinder(prev)
 	for i, c := range ev.Containers {
-		old, ok := kept[c.ID]
+		old, ok := find(c.ID, i)
 		b := old.b
 		if !ok || old.Address != c.Address {
 			// A new container, or the same id at a new address: nothing
@@ -404,15 +407,55 @@ func (t *Table) containers(ev events.Event, prev []Container) []Container {
 	return out
 }
 
+// smallSet is the number of containers up to which a scan beats a map.
+const smallSet = 16
+
+// containerFinder returns a function that finds the container of cs with
+// id, trying the i-th first (an app's containers mostly keep their order
+// from one event to the next); a large set is indexed by a map.
+func containerFinder(cs []Container) func(id string, i int) (Container, bool) {
+	var index map[string]int
+	if len(cs) > smallSet {
+		index = make(map[string]int, len(cs))
+		for i, c := range cs {
+			index[c.ID] = i
+		}
+	}
+	return func(id string, i int) (Container, bool) {
+		if i < len(cs) && cs[i].ID == id {
+			return cs[i], true
+		}
+		if index != nil {
+			j, ok := index[id]
+			if !ok {
+				return Container{}, false
+			}
+			return cs[j], true
+		}
+		for _, c := range cs {
+			if c.ID == id {
+				return c, true
+			}
+		}
+		return Container{}, false
+	}
+}
+
 // retire marks the backends of prev that next does not keep as gone, so
 // that their quarantine probes stop.
 func retire(prev, next []Container) {
-	keep := make(map[*backend]bool, len(next))
-	for _, c := range next {
-		keep[c.b] = true
+	kept := func(b *backend) bool {
+		return slices.ContainsFunc(next, func(c Container) bool { return c.b == b })
+	}
+	if len(next) > smallSet {
+		keep := make(map[*backend]bool, len(next))
+		for _, c := range next {
+			keep[c.b] = true
+		}
+		kept = func(b *backend) bool { return keep[b] }
 	}
 	for _, c := range prev {
-		if !keep[c.b] {
+		if !kept(c.b) {
 			c.b.retired.Store(true)
 		}
 	}
@@ -439,6 +482,7 @@ func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt
 	st.domains = slices.Clone(domains)
 	slices.Sort(st.domains)
 	st.claimedAt = maps.Clone(claimedAt)
+	st.claimsChanged = true
 }
 
 // reclaim replaces the claim of d by ev's app with c (none when c.app is
@@ -457,9 +501,11 @@ func (t *Table) reclaim(ev events.Event, d string, c claimant) {
 	t.claims[d] = line
 	after := line.owner.app
 	if after != before {
-		t.markDirty(t.states[after])
-		if before != "" {
-			t.markDirty(t.states[before])
+		for _, app := range []string{after, before} {
+			if st := t.states[app]; st != nil {
+				st.claimsChanged = true
+				t.markDirty(st)
+			}
 		}
 	}
 	switch {
