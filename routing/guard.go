@@ -35,6 +35,9 @@ type guardListener struct {
 	net.Listener
 	proxy   *Proxy
 	maxHead int // a longer head makes the guard step aside
+	// headTimeout is the server's ReadHeaderTimeout, which the guard
+	// applies to the heads after the first on a connection (0: none).
+	headTimeout time.Duration
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -42,7 +45,9 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead}, nil
+	// The server times the first head from the moment it accepts the
+	// connection.
+	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead, headTimeout: l.headTimeout, headTimed: true}, nil
 }
 
 // guardConnState is the http.Server.ConnState hook that tells a guardConn
@@ -78,12 +83,18 @@ const (
 // aside for the rest of the connection, so it never changes the bytes of
 // a request the server would serve.
 //
+// Between requests, the server waits for the next one under its
+// keep-alive deadline and starts its ReadHeaderTimeout only once the first
+// bytes of the head are read; as the guard holds a head until it is whole,
+// it starts that timeout itself when the head's first bytes arrive.
+//
 // Reads come from one goroutine at a time (net/http serialises them);
 // busy is set by the server's goroutine through guardConnState.
 type guardConn struct {
 	net.Conn
-	proxy   *Proxy
-	maxHead int
+	proxy       *Proxy
+	maxHead     int
+	headTimeout time.Duration
 
 	// buf[r:rel] is checked and not yet read by the server; buf[rel:w] is
 	// held until the parser gets past it. scan is where the parser's search
@@ -98,6 +109,7 @@ type guardConn struct {
 	refusal         *Error // the refused request's answer, until it is sent
 	refused         *http.Request
 	done            bool        // the answer is sent: only EOF from now on
+	headTimed       bool        // the read deadline of the head being read is set
 	busy            atomic.Bool // the server is handling a request
 }
 
@@ -154,6 +166,13 @@ func (c *guardConn) fill() {
 	if c.w == len(c.buf) {
 		c.buf = append(c.buf, make([]byte, len(c.buf))...)
 	}
+	if c.state == stateHead && c.rel < c.w && !c.headTimed && !c.busy.Load() && c.headTimeout > 0 {
+		// A head has begun and the server waits for it: it has from
+		// now (when its first bytes came, or when the server finished
+		// the request it was reading ahead of) as the server gives.
+		c.headTimed = true
+		_ = c.SetReadDeadline(time.Now().Add(c.headTimeout))
+	}
 	n, err := c.Conn.Read(c.buf[c.w:])
 	c.w += n
 	c.parse()
@@ -181,6 +200,7 @@ func (c *guardConn) parse() {
 				return
 			}
 			c.rel += end
+			c.headTimed = false // the next head is not timed yet
 		case stateBody, stateChunkData:
 			k := int(min(int64(len(data)), c.remaining))
 			if k == 0 {

@@ -193,3 +193,46 @@ func TestGuardPassesValidRequests(t *testing.T) {
 		ws.Close(websocket.StatusNormalClosure, "")
 	})
 }
+
+// A client that sends the head of a second request on a keep-alive
+// connection slowly gets ReadHeaderTimeout for it, as for the first one,
+// not the keep-alive timeout.
+func TestGuardTimesLaterHeads(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	w := newWorld(t, routing.Config{ReadHeaderTimeout: timeout})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	const head = "GET / HTTP/1.1\r\nHost: app.example.com\r\nAccept: */*\r\nUser-Agent: slow\r\n\r\n"
+	conn, br := dialRouter(t, w)
+	_, err := io.WriteString(conn, head)
+	must(t, err)
+	if resp, body := readResponse(t, br, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	// The second head, a byte every 50ms: 3s in all.
+	stop := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		tick := time.NewTicker(3 * time.Second / time.Duration(len(head)))
+		defer tick.Stop()
+		for i := range len(head) {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := io.WriteString(conn, head[i:i+1]); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-sent }()
+	start := time.Now()
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatalf("the slow head was answered %d", resp.StatusCode)
+	}
+	if d := time.Since(start); d > 5*timeout {
+		t.Fatalf("the connection ended after %v, want about %v", d, timeout)
+	}
+}
