@@ -3,6 +3,7 @@ package routing
 import (
 	"bytes"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -324,9 +325,10 @@ func (c *guardConn) checkHead(head []byte) {
 	var (
 		hosts, tes      int
 		length          []byte
+		n               int64 // the body's length, by length
 		badLength, isTE bool
 		badTE, badExp   bool
-		upgrade         bool
+		expect, upgrade bool
 	)
 	for rest := head[nl+1:]; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
@@ -350,7 +352,11 @@ func (c *guardConn) checkHead(head []byte) {
 		case bytes.EqualFold(name, []byte("Host")):
 			hosts++
 		case bytes.EqualFold(name, []byte("Content-Length")):
-			if !validLength(value) || length != nil && !bytes.Equal(value, length) {
+			if length == nil {
+				var ok bool
+				n, ok = parseLength(value)
+				badLength = !ok
+			} else if !bytes.Equal(value, length) {
 				badLength = true
 			}
 			length = value
@@ -359,7 +365,11 @@ func (c *guardConn) checkHead(head []byte) {
 			isTE = true
 			badTE = badTE || tes > 1 || !bytes.EqualFold(value, []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Expect")):
-			badExp = badExp || !bytes.EqualFold(value, []byte("100-continue"))
+			// net/http reads the first value only, and ignores it empty.
+			if !expect {
+				expect = true
+				badExp = len(value) > 0 && !hasWord(value, "100-continue")
+			}
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			upgrade = true
 		case bytes.EqualFold(name, []byte("Connection")):
@@ -383,11 +393,8 @@ func (c *guardConn) checkHead(head []byte) {
 		c.pass()
 	case isTE:
 		c.state = stateChunkSize
-	case length != nil:
-		n, _ := strconv.ParseInt(string(length), 10, 64)
-		if n > 0 {
-			c.state, c.remaining = stateBody, n
-		}
+	case n > 0:
+		c.state, c.remaining = stateBody, n
 	}
 }
 
@@ -409,17 +416,24 @@ func validFieldName(name []byte) bool {
 	return true
 }
 
-// validLength reports whether v is a Content-Length value net/http reads.
-func validLength(v []byte) bool {
-	if len(v) == 0 || len(v) > 18 {
-		return false
+// parseLength parses a Content-Length value as net/http does: decimal
+// digits (leading zeros too) up to 2^63-1.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 {
+		return 0, false
 	}
+	var n uint64
 	for _, b := range v {
 		if b < '0' || b > '9' {
-			return false
+			return 0, false
 		}
+		d := uint64(b - '0')
+		if n > (math.MaxInt64-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
 	}
-	return true
+	return int64(n), true
 }
 
 // hasToken reports whether the comma-separated list v holds token,
@@ -435,6 +449,22 @@ func hasToken(v []byte, token string) bool {
 		if bytes.EqualFold(bytes.Trim(item, " \t"), []byte(token)) {
 			return true
 		}
+	}
+	return false
+}
+
+// hasWord reports whether word, compared without case, is in v between
+// spaces, tabs, commas or the ends, as net/http looks for 100-continue.
+func hasWord(v []byte, word string) bool {
+	for len(v) > 0 {
+		i := bytes.IndexAny(v, " \t,")
+		if i < 0 {
+			i = len(v)
+		}
+		if bytes.EqualFold(v[:i], []byte(word)) {
+			return true
+		}
+		v = v[min(i+1, len(v)):]
 	}
 	return false
 }

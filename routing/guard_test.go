@@ -71,6 +71,7 @@ func TestGuardRefusesAmbiguousHeads(t *testing.T) {
 		{"other transfer coding", "POST / HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_encoding"},
 		{"chunked twice", "POST / HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_encoding"},
 		{"unknown expectation", "GET / HTTP/1.1\r\n" + host + "Expect: 200-ok\r\n\r\n", 417, "expectation_failed"},
+		{"unknown expectation first", "GET / HTTP/1.1\r\n" + host + "Expect: 200-ok\r\nExpect: 100-continue\r\n\r\n", 417, "expectation_failed"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			hits := c.Hits()
@@ -141,6 +142,10 @@ func TestGuardPassesValidRequests(t *testing.T) {
 		{"HEAD", "HEAD /four HTTP/1.1\r\n" + host + "\r\n", "/four", 0},
 		{"POST", "POST /five HTTP/1.0\r\n" + host + "Connection: keep-alive\r\nContent-Length: 4\r\n\r\n\r\n\r\n", "/five", 4},
 		{"GET", "GET /six HTTP/1.1\n" + host + "\n", "/six", 0},
+		// net/http reads any number of digits up to 2^63-1, and only the
+		// first Expect, ignored when empty.
+		{"POST", "POST /seven HTTP/1.1\r\n" + host + "Content-Length: 0000000000000000000005\r\nExpect:\r\n\r\nhello", "/seven", 5},
+		{"POST", "POST /eight HTTP/1.1\r\n" + host + "Expect: 100-continue\r\nExpect: later\r\nContent-Length: 2\r\n\r\nhi", "/eight", 2},
 	}
 	var all strings.Builder
 	for _, r := range requests {
