@@ -124,10 +124,6 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		if c.refusal != nil || c.done {
 			return c.refuse()
 		}
-		if c.state == statePass {
-			c.buf = nil
-			return c.Conn.Read(p)
-		}
 		if c.rerr != nil {
 			err := c.rerr
 			c.rerr = nil
@@ -139,6 +135,10 @@ func (c *guardConn) Read(p []byte) (int, error) {
 				continue
 			}
 			return 0, err
+		}
+		if c.state == statePass {
+			c.buf = nil
+			return c.Conn.Read(p)
 		}
 		if c.state == stateBody && c.w == c.rel && len(p) > 0 {
 			// Nothing held: the body goes straight to the server.

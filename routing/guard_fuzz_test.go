@@ -2,6 +2,7 @@ package routing
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -112,6 +113,34 @@ func FuzzGuard(f *testing.F) {
 			t.Fatalf("valid requests\n%q\ncame out as\n%q\nanswered %q", valid, read, answered)
 		}
 	})
+}
+
+// goneConn reads src with err, as from a client that sent src and went
+// away, then only EOF.
+type goneConn struct {
+	pieceConn
+	err error
+}
+
+func (c *goneConn) Read(p []byte) (int, error) {
+	if len(c.src) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.src)
+	c.src = c.src[n:]
+	return n, c.err
+}
+
+// A client that goes away in the middle of a head: the server reads what
+// it sent, then the error that ended the connection.
+func TestGuardPassesReadError(t *testing.T) {
+	sent := []byte("GET / HTTP/1.1\r\nHo")
+	gone := errors.New("connection reset by peer")
+	g := &guardConn{Conn: &goneConn{pieceConn: pieceConn{src: sent}, err: gone}, maxHead: 1 << 10}
+	got, err := io.ReadAll(g)
+	if !bytes.Equal(got, sent) || !errors.Is(err, gone) {
+		t.Fatalf("the server read %q, %v; want %q, %v", got, err, sent, gone)
+	}
 }
 
 // parseLength reads the Content-Length values net/http reads, and only
