@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -329,6 +330,7 @@ func (c *guardConn) checkHead(head []byte) {
 		badLength, isTE bool
 		badTE, badExp   bool
 		expect, upgrade bool
+		page            pageFields
 	)
 	for rest := head[nl+1:]; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
@@ -344,13 +346,26 @@ func (c *guardConn) checkHead(head []byte) {
 		}
 		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
 		switch len(name) { // most fields are none of these: compare only the same lengths
-		case 4, 6, 7, 10, 14, 17:
+		case 4, 6, 7, 10, 12, 14, 17:
 		default:
 			continue
 		}
 		switch {
 		case bytes.EqualFold(name, []byte("Host")):
 			hosts++
+			if hosts == 1 {
+				page.host = value
+			}
+		case bytes.EqualFold(name, []byte("Accept")):
+			if page.accept == nil {
+				page.accept = value
+			} else {
+				page.accept = slices.Concat(page.accept, []byte(", "), value)
+			}
+		case bytes.EqualFold(name, []byte(RequestIDHeader)):
+			if page.requestID == nil {
+				page.requestID = value
+			}
 		case bytes.EqualFold(name, []byte("Content-Length")):
 			if length == nil {
 				var ok bool
@@ -378,16 +393,16 @@ func (c *guardConn) checkHead(head []byte) {
 	}
 	switch {
 	case hosts > 1:
-		c.refuseHead(ErrDuplicateHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrDuplicateHost, reqLine, sp1, sp2, &page)
 	case hosts == 0 && proto[len(proto)-1] == '1':
-		c.refuseHead(ErrMissingHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrMissingHost, reqLine, sp1, sp2, &page)
 	case badLength || isTE && (length != nil || proto[len(proto)-1] == '0'):
 		// net/http reads an HTTP/1.0 body by its length alone.
-		c.refuseHead(ErrAmbiguousLength, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrAmbiguousLength, reqLine, sp1, sp2, &page)
 	case badTE:
-		c.refuseHead(ErrTransferEncoding, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrTransferEncoding, reqLine, sp1, sp2, &page)
 	case badExp:
-		c.refuseHead(ErrExpectationFailed, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrExpectationFailed, reqLine, sp1, sp2, &page)
 	case upgrade:
 		// After a 101 the bytes are not HTTP any more.
 		c.pass()
@@ -469,37 +484,33 @@ func hasWord(v []byte, word string) bool {
 	return false
 }
 
-// refuseHead notes that the request whose head is head gets e; the answer is
-// sent when the server next reads (see refuse).
-func (c *guardConn) refuseHead(e *Error, head, reqLine []byte, sp1, sp2 int) {
+// pageFields are the fields of a head that shape the router's answer to
+// it: the first Host (the app, for its pages), the Accept values joined
+// (HTML or JSON) and the first X-Request-Id (nil when absent).
+type pageFields struct {
+	host, accept, requestID []byte
+}
+
+// refuseHead notes that the request whose head has the request line
+// reqLine and the fields f gets e; the answer is sent when the server next
+// reads (see refuse).
+func (c *guardConn) refuseHead(e *Error, reqLine []byte, sp1, sp2 int, f *pageFields) {
 	req := &http.Request{
 		Method:     string(reqLine[:sp1]),
 		URL:        &url.URL{},
 		Proto:      string(reqLine[sp2+1:]),
 		Header:     http.Header{},
+		Host:       string(f.host),
 		RemoteAddr: c.RemoteAddr().String(),
 	}
 	if u, err := url.ParseRequestURI(string(reqLine[sp1+1 : sp2])); err == nil {
 		req.URL = u
 	}
-	nl := bytes.IndexByte(head, '\n')
-	for rest := head[nl+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		line := bytes.TrimSuffix(rest[:i], []byte{'\r'})
-		rest = rest[i+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		name, value := string(line[:colon]), string(bytes.Trim(line[colon+1:], " \t"))
-		switch http.CanonicalHeaderKey(name) {
-		case "Host":
-			if req.Host == "" {
-				req.Host = value
-			}
-		case "Accept", RequestIDHeader:
-			req.Header.Add(name, value)
-		}
+	if f.accept != nil {
+		req.Header.Set("Accept", string(f.accept))
+	}
+	if f.requestID != nil {
+		req.Header.Set(RequestIDHeader, string(f.requestID))
 	}
 	c.refusal, c.refused = e, req
 }

@@ -94,11 +94,16 @@ func TestGuardRefusesAmbiguousHeads(t *testing.T) {
 		})
 	}
 	t.Run("JSON page", func(t *testing.T) {
+		const id = "client-request-0123456789"
 		conn, br := dialRouter(t, w)
-		_, err := io.WriteString(conn, "GET / HTTP/1.1\r\n"+host+"Accept: application/json\r\nExpect: nothing\r\n\r\n")
+		_, err := io.WriteString(conn, "GET / HTTP/1.1\r\n"+host+"Accept: text/plain\r\nX-Request-Id: "+id+"\r\n"+
+			"Accept: application/json\r\nExpect: nothing\r\n\r\n")
 		must(t, err)
 		resp, body := readResponse(t, br, "")
 		wantError(t, resp, body, 417, "expectation_failed")
+		if got := resp.Header.Get(routing.RequestIDHeader); got != id {
+			t.Fatalf("request ID %q, want the client's %q", got, id)
+		}
 		var e struct{ Code string }
 		if err := json.Unmarshal(body, &e); err != nil || e.Code != "expectation_failed" {
 			t.Fatalf("not the JSON page: %s (%v)", body, err)
