@@ -3,9 +3,11 @@ package routing
 import (
 	"bytes"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,6 +37,9 @@ type guardListener struct {
 	net.Listener
 	proxy   *Proxy
 	maxHead int // a longer head makes the guard step aside
+	// headTimeout is the server's ReadHeaderTimeout, which the guard
+	// applies to the heads after the first on a connection (0: none).
+	headTimeout time.Duration
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -42,7 +47,9 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead}, nil
+	// The server times the first head from the moment it accepts the
+	// connection.
+	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead, headTimeout: l.headTimeout, headTimed: true}, nil
 }
 
 // guardConnState is the http.Server.ConnState hook that tells a guardConn
@@ -78,12 +85,18 @@ const (
 // aside for the rest of the connection, so it never changes the bytes of
 // a request the server would serve.
 //
+// Between requests, the server waits for the next one under its
+// keep-alive deadline and starts its ReadHeaderTimeout only once the first
+// bytes of the head are read; as the guard holds a head until it is whole,
+// it starts that timeout itself when the head's first bytes arrive.
+//
 // Reads come from one goroutine at a time (net/http serialises them);
 // busy is set by the server's goroutine through guardConnState.
 type guardConn struct {
 	net.Conn
-	proxy   *Proxy
-	maxHead int
+	proxy       *Proxy
+	maxHead     int
+	headTimeout time.Duration
 
 	// buf[r:rel] is checked and not yet read by the server; buf[rel:w] is
 	// held until the parser gets past it. scan is where the parser's search
@@ -98,6 +111,7 @@ type guardConn struct {
 	refusal         *Error // the refused request's answer, until it is sent
 	refused         *http.Request
 	done            bool        // the answer is sent: only EOF from now on
+	headTimed       bool        // the read deadline of the head being read is set
 	busy            atomic.Bool // the server is handling a request
 }
 
@@ -111,10 +125,6 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		if c.refusal != nil || c.done {
 			return c.refuse()
 		}
-		if c.state == statePass {
-			c.buf = nil
-			return c.Conn.Read(p)
-		}
 		if c.rerr != nil {
 			err := c.rerr
 			c.rerr = nil
@@ -126,6 +136,10 @@ func (c *guardConn) Read(p []byte) (int, error) {
 				continue
 			}
 			return 0, err
+		}
+		if c.state == statePass {
+			c.buf = nil
+			return c.Conn.Read(p)
 		}
 		if c.state == stateBody && c.w == c.rel && len(p) > 0 {
 			// Nothing held: the body goes straight to the server.
@@ -154,6 +168,13 @@ func (c *guardConn) fill() {
 	if c.w == len(c.buf) {
 		c.buf = append(c.buf, make([]byte, len(c.buf))...)
 	}
+	if c.state == stateHead && c.rel < c.w && !c.headTimed && !c.busy.Load() && c.headTimeout > 0 {
+		// A head has begun and the server waits for it: it has from
+		// now (when its first bytes came, or when the server finished
+		// the request it was reading ahead of) as the server gives.
+		c.headTimed = true
+		_ = c.SetReadDeadline(time.Now().Add(c.headTimeout))
+	}
 	n, err := c.Conn.Read(c.buf[c.w:])
 	c.w += n
 	c.parse()
@@ -181,6 +202,7 @@ func (c *guardConn) parse() {
 				return
 			}
 			c.rel += end
+			c.headTimed = false // the next head is not timed yet
 		case stateBody, stateChunkData:
 			k := int(min(int64(len(data)), c.remaining))
 			if k == 0 {
@@ -304,9 +326,11 @@ func (c *guardConn) checkHead(head []byte) {
 	var (
 		hosts, tes      int
 		length          []byte
+		n               int64 // the body's length, by length
 		badLength, isTE bool
 		badTE, badExp   bool
-		upgrade         bool
+		expect, upgrade bool
+		page            pageFields
 	)
 	for rest := head[nl+1:]; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
@@ -322,15 +346,32 @@ func (c *guardConn) checkHead(head []byte) {
 		}
 		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
 		switch len(name) { // most fields are none of these: compare only the same lengths
-		case 4, 6, 7, 10, 14, 17:
+		case 4, 6, 7, 10, 12, 14, 17:
 		default:
 			continue
 		}
 		switch {
 		case bytes.EqualFold(name, []byte("Host")):
 			hosts++
+			if hosts == 1 {
+				page.host = value
+			}
+		case bytes.EqualFold(name, []byte("Accept")):
+			if page.accept == nil {
+				page.accept = value
+			} else {
+				page.accept = slices.Concat(page.accept, []byte(", "), value)
+			}
+		case bytes.EqualFold(name, []byte(RequestIDHeader)):
+			if page.requestID == nil {
+				page.requestID = value
+			}
 		case bytes.EqualFold(name, []byte("Content-Length")):
-			if !validLength(value) || length != nil && !bytes.Equal(value, length) {
+			if length == nil {
+				var ok bool
+				n, ok = parseLength(value)
+				badLength = !ok
+			} else if !bytes.Equal(value, length) {
 				badLength = true
 			}
 			length = value
@@ -339,7 +380,11 @@ func (c *guardConn) checkHead(head []byte) {
 			isTE = true
 			badTE = badTE || tes > 1 || !bytes.EqualFold(value, []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Expect")):
-			badExp = badExp || !bytes.EqualFold(value, []byte("100-continue"))
+			// net/http reads the first value only, and ignores it empty.
+			if !expect {
+				expect = true
+				badExp = len(value) > 0 && !hasWord(value, "100-continue")
+			}
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			upgrade = true
 		case bytes.EqualFold(name, []byte("Connection")):
@@ -348,26 +393,23 @@ func (c *guardConn) checkHead(head []byte) {
 	}
 	switch {
 	case hosts > 1:
-		c.refuseHead(ErrDuplicateHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrDuplicateHost, reqLine, sp1, sp2, &page)
 	case hosts == 0 && proto[len(proto)-1] == '1':
-		c.refuseHead(ErrMissingHost, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrMissingHost, reqLine, sp1, sp2, &page)
 	case badLength || isTE && (length != nil || proto[len(proto)-1] == '0'):
 		// net/http reads an HTTP/1.0 body by its length alone.
-		c.refuseHead(ErrAmbiguousLength, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrAmbiguousLength, reqLine, sp1, sp2, &page)
 	case badTE:
-		c.refuseHead(ErrTransferEncoding, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrTransferEncoding, reqLine, sp1, sp2, &page)
 	case badExp:
-		c.refuseHead(ErrExpectationFailed, head, reqLine, sp1, sp2)
+		c.refuseHead(ErrExpectationFailed, reqLine, sp1, sp2, &page)
 	case upgrade:
 		// After a 101 the bytes are not HTTP any more.
 		c.pass()
 	case isTE:
 		c.state = stateChunkSize
-	case length != nil:
-		n, _ := strconv.ParseInt(string(length), 10, 64)
-		if n > 0 {
-			c.state, c.remaining = stateBody, n
-		}
+	case n > 0:
+		c.state, c.remaining = stateBody, n
 	}
 }
 
@@ -389,17 +431,24 @@ func validFieldName(name []byte) bool {
 	return true
 }
 
-// validLength reports whether v is a Content-Length value net/http reads.
-func validLength(v []byte) bool {
-	if len(v) == 0 || len(v) > 18 {
-		return false
+// parseLength parses a Content-Length value as net/http does: decimal
+// digits (leading zeros too) up to 2^63-1.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 {
+		return 0, false
 	}
+	var n uint64
 	for _, b := range v {
 		if b < '0' || b > '9' {
-			return false
+			return 0, false
 		}
+		d := uint64(b - '0')
+		if n > (math.MaxInt64-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
 	}
-	return true
+	return int64(n), true
 }
 
 // hasToken reports whether the comma-separated list v holds token,
@@ -419,37 +468,49 @@ func hasToken(v []byte, token string) bool {
 	return false
 }
 
-// refuseHead notes that the request whose head is head gets e; the answer is
-// sent when the server next reads (see refuse).
-func (c *guardConn) refuseHead(e *Error, head, reqLine []byte, sp1, sp2 int) {
+// hasWord reports whether word, compared without case, is in v between
+// spaces, tabs, commas or the ends, as net/http looks for 100-continue.
+func hasWord(v []byte, word string) bool {
+	for len(v) > 0 {
+		i := bytes.IndexAny(v, " \t,")
+		if i < 0 {
+			i = len(v)
+		}
+		if bytes.EqualFold(v[:i], []byte(word)) {
+			return true
+		}
+		v = v[min(i+1, len(v)):]
+	}
+	return false
+}
+
+// pageFields are the fields of a head that shape the router's answer to
+// it: the first Host (the app, for its pages), the Accept values joined
+// (HTML or JSON) and the first X-Request-Id (nil when absent).
+type pageFields struct {
+	host, accept, requestID []byte
+}
+
+// refuseHead notes that the request whose head has the request line
+// reqLine and the fields f gets e; the answer is sent when the server next
+// reads (see refuse).
+func (c *guardConn) refuseHead(e *Error, reqLine []byte, sp1, sp2 int, f *pageFields) {
 	req := &http.Request{
 		Method:     string(reqLine[:sp1]),
 		URL:        &url.URL{},
 		Proto:      string(reqLine[sp2+1:]),
 		Header:     http.Header{},
+		Host:       string(f.host),
 		RemoteAddr: c.RemoteAddr().String(),
 	}
 	if u, err := url.ParseRequestURI(string(reqLine[sp1+1 : sp2])); err == nil {
 		req.URL = u
 	}
-	nl := bytes.IndexByte(head, '\n')
-	for rest := head[nl+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		line := bytes.TrimSuffix(rest[:i], []byte{'\r'})
-		rest = rest[i+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		name, value := string(line[:colon]), string(bytes.Trim(line[colon+1:], " \t"))
-		switch http.CanonicalHeaderKey(name) {
-		case "Host":
-			if req.Host == "" {
-				req.Host = value
-			}
-		case "Accept", RequestIDHeader:
-			req.Header.Add(name, value)
-		}
+	if f.accept != nil {
+		req.Header.Set("Accept", string(f.accept))
+	}
+	if f.requestID != nil {
+		req.Header.Set(RequestIDHeader, string(f.requestID))
 	}
 	c.refusal, c.refused = e, req
 }

@@ -2,6 +2,7 @@ package routing
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -63,7 +64,7 @@ func validRequests(spec []byte) []byte {
 	for i, s := range spec {
 		path := "/r" + strconv.Itoa(i)
 		body := strings.Repeat("x", int(s>>3))
-		switch s % 6 {
+		switch s % 7 {
 		case 0:
 			b.WriteString("GET " + path + " HTTP/1.1\r\nHost: a.example\r\n\r\n")
 		case 1:
@@ -82,6 +83,8 @@ func validRequests(spec []byte) []byte {
 			b.WriteString("POST " + path + " HTTP/1.1\r\nHost: a.example\r\nExpect: 100-Continue\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
 		case 5:
 			b.WriteString("GET " + path + " HTTP/1.1\nhost: a.example\ncontent-length: 0\n\n")
+		case 6:
+			b.WriteString("POST " + path + " HTTP/1.1\r\nHost: a.example\r\nExpect:\r\nExpect: other\r\nContent-Length: 000000000000000000000" + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
 		}
 	}
 	return []byte(b.String())
@@ -96,6 +99,8 @@ func FuzzGuard(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), []byte{5, 4, 3}, uint8(1), uint8(1))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello"), []byte{255, 17, 42}, uint8(200), uint8(64))
 	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n"), []byte{}, uint8(9), uint8(2))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775808\r\n\r\n"), []byte{6, 13, 20}, uint8(5), uint8(3))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: x\r\nContent-Length: 09223372036854775807\r\n\r\n"), []byte{6}, uint8(255), uint8(255))
 	f.Fuzz(func(t *testing.T, data, spec []byte, n, m uint8) {
 		pieces, reads := max(int(n), 1), max(int(m), 1)
 		read, _ := throughGuard(p, data, pieces, reads)
@@ -108,6 +113,52 @@ func FuzzGuard(f *testing.F) {
 			t.Fatalf("valid requests\n%q\ncame out as\n%q\nanswered %q", valid, read, answered)
 		}
 	})
+}
+
+// goneConn reads src with err, as from a client that sent src and went
+// away, then only EOF.
+type goneConn struct {
+	pieceConn
+	err error
+}
+
+func (c *goneConn) Read(p []byte) (int, error) {
+	if len(c.src) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.src)
+	c.src = c.src[n:]
+	return n, c.err
+}
+
+// A client that goes away in the middle of a head: the server reads what
+// it sent, then the error that ended the connection.
+func TestGuardPassesReadError(t *testing.T) {
+	sent := []byte("GET / HTTP/1.1\r\nHo")
+	gone := errors.New("connection reset by peer")
+	g := &guardConn{Conn: &goneConn{pieceConn: pieceConn{src: sent}, err: gone}, maxHead: 1 << 10}
+	got, err := io.ReadAll(g)
+	if !bytes.Equal(got, sent) || !errors.Is(err, gone) {
+		t.Fatalf("the server read %q, %v; want %q, %v", got, err, sent, gone)
+	}
+}
+
+// parseLength reads the Content-Length values net/http reads, and only
+// those.
+func TestParseLength(t *testing.T) {
+	for _, v := range []string{
+		"0", "16", "000000000000000000000000016", "999999999999999999", "9223372036854775807",
+		"09223372036854775807", "9223372036854775808", "18446744073709551616", "99999999999999999999",
+		"", "+3", "-3", "3 ", "0x10", "1_000", "1e3", "٣",
+	} {
+		t.Run(v, func(t *testing.T) {
+			u, err := strconv.ParseUint(v, 10, 63)
+			got, ok := parseLength([]byte(v))
+			if want := err == nil; ok != want || ok && uint64(got) != u {
+				t.Fatalf("parseLength(%q) = %d, %v; want %d, %v", v, got, ok, u, want)
+			}
+		})
+	}
 }
 
 // loopConn reads req over and over, in one piece per read.

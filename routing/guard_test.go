@@ -71,6 +71,7 @@ func TestGuardRefusesAmbiguousHeads(t *testing.T) {
 		{"other transfer coding", "POST / HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_encoding"},
 		{"chunked twice", "POST / HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_encoding"},
 		{"unknown expectation", "GET / HTTP/1.1\r\n" + host + "Expect: 200-ok\r\n\r\n", 417, "expectation_failed"},
+		{"unknown expectation first", "GET / HTTP/1.1\r\n" + host + "Expect: 200-ok\r\nExpect: 100-continue\r\n\r\n", 417, "expectation_failed"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			hits := c.Hits()
@@ -93,11 +94,16 @@ func TestGuardRefusesAmbiguousHeads(t *testing.T) {
 		})
 	}
 	t.Run("JSON page", func(t *testing.T) {
+		const id = "client-request-0123456789"
 		conn, br := dialRouter(t, w)
-		_, err := io.WriteString(conn, "GET / HTTP/1.1\r\n"+host+"Accept: application/json\r\nExpect: nothing\r\n\r\n")
+		_, err := io.WriteString(conn, "GET / HTTP/1.1\r\n"+host+"Accept: text/plain\r\nX-Request-Id: "+id+"\r\n"+
+			"Accept: application/json\r\nExpect: nothing\r\n\r\n")
 		must(t, err)
 		resp, body := readResponse(t, br, "")
 		wantError(t, resp, body, 417, "expectation_failed")
+		if got := resp.Header.Get(routing.RequestIDHeader); got != id {
+			t.Fatalf("request ID %q, want the client's %q", got, id)
+		}
 		var e struct{ Code string }
 		if err := json.Unmarshal(body, &e); err != nil || e.Code != "expectation_failed" {
 			t.Fatalf("not the JSON page: %s (%v)", body, err)
@@ -141,6 +147,10 @@ func TestGuardPassesValidRequests(t *testing.T) {
 		{"HEAD", "HEAD /four HTTP/1.1\r\n" + host + "\r\n", "/four", 0},
 		{"POST", "POST /five HTTP/1.0\r\n" + host + "Connection: keep-alive\r\nContent-Length: 4\r\n\r\n\r\n\r\n", "/five", 4},
 		{"GET", "GET /six HTTP/1.1\n" + host + "\n", "/six", 0},
+		// net/http reads any number of digits up to 2^63-1, and only the
+		// first Expect, ignored when empty.
+		{"POST", "POST /seven HTTP/1.1\r\n" + host + "Content-Length: 0000000000000000000005\r\nExpect:\r\n\r\nhello", "/seven", 5},
+		{"POST", "POST /eight HTTP/1.1\r\n" + host + "Expect: 100-continue\r\nExpect: later\r\nContent-Length: 2\r\n\r\nhi", "/eight", 2},
 	}
 	var all strings.Builder
 	for _, r := range requests {
@@ -192,4 +202,47 @@ func TestGuardPassesValidRequests(t *testing.T) {
 		}
 		ws.Close(websocket.StatusNormalClosure, "")
 	})
+}
+
+// A client that sends the head of a second request on a keep-alive
+// connection slowly gets ReadHeaderTimeout for it, as for the first one,
+// not the keep-alive timeout.
+func TestGuardTimesLaterHeads(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	w := newWorld(t, routing.Config{ReadHeaderTimeout: timeout})
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	const head = "GET / HTTP/1.1\r\nHost: app.example.com\r\nAccept: */*\r\nUser-Agent: slow\r\n\r\n"
+	conn, br := dialRouter(t, w)
+	_, err := io.WriteString(conn, head)
+	must(t, err)
+	if resp, body := readResponse(t, br, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	// The second head, a byte every 50ms: 3s in all.
+	stop := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		tick := time.NewTicker(3 * time.Second / time.Duration(len(head)))
+		defer tick.Stop()
+		for i := range len(head) {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := io.WriteString(conn, head[i:i+1]); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-sent }()
+	start := time.Now()
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatalf("the slow head was answered %d", resp.StatusCode)
+	}
+	if d := time.Since(start); d > 5*timeout {
+		t.Fatalf("the connection ended after %v, want about %v", d, timeout)
+	}
 }

@@ -829,6 +829,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // deadline is moved at most every eighth of the window, and set to an
 // eighth beyond it: a stalled client is cut off after between IdleTimeout
 // and 9/8 of it.
+//
+// The transport may go on reading the request body after ServeHTTP has
+// returned, while the connection waits for or serves the next request:
+// from finish on, the reads of the body move no deadline.
 type clientIdle struct {
 	rc   *http.ResponseController
 	idle time.Duration
@@ -837,6 +841,10 @@ type clientIdle struct {
 	readSet, writeSet atomic.Int64
 	// stalled is set when a read or write hit its deadline.
 	stalled atomic.Bool
+	// mu is held while the read deadline is moved, and while done is
+	// set: once finish has set it, no read deadline moves.
+	mu   sync.Mutex
+	done bool // the handler has returned
 }
 
 // arm moves a deadline unless it was moved within the last eighth of the
@@ -851,7 +859,13 @@ func (c *clientIdle) arm(set *atomic.Int64, move func(time.Time) error) {
 }
 
 // reading is called before each read of the request body.
-func (c *clientIdle) reading() { c.arm(&c.readSet, c.rc.SetReadDeadline) }
+func (c *clientIdle) reading() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.done {
+		c.arm(&c.readSet, c.rc.SetReadDeadline)
+	}
+}
 
 // read is called after each read of the request body with its error. At
 // the end of the body the read deadline is lifted: the server then reads
@@ -859,8 +873,12 @@ func (c *clientIdle) reading() { c.arm(&c.readSet, c.rc.SetReadDeadline) }
 func (c *clientIdle) read(err error) {
 	switch {
 	case err == io.EOF:
-		c.readSet.Store(0)
-		_ = c.rc.SetReadDeadline(time.Time{})
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.done {
+			c.readSet.Store(0)
+			_ = c.rc.SetReadDeadline(time.Time{})
+		}
 	case isTimeout(err):
 		c.stalled.Store(true)
 	}
@@ -876,9 +894,13 @@ func (c *clientIdle) wrote(err error) {
 	}
 }
 
-// finish gives the server's last flush of the response one more window;
-// the server clears the write deadline after it.
+// finish is called when the handler returns: it ends the moves of the
+// read deadline, and gives the server's last flush of the response one
+// more window; the server clears the write deadline after it.
 func (c *clientIdle) finish() {
+	c.mu.Lock()
+	c.done = true
+	c.mu.Unlock()
 	if c.writeSet.Load() != 0 {
 		_ = c.rc.SetWriteDeadline(time.Now().Add(c.idle))
 	}

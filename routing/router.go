@@ -289,8 +289,8 @@ func (r *Router) Open() error {
 	}
 	// Request heads are checked before the server reads them; the guard
 	// lets through heads as large as the server reads (MaxHeaderBytes
-	// plus its 4096 bytes of slack).
-	r.httpLn = &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096}
+	// plus its 4096 bytes of slack), and times them as the server would.
+	r.httpLn = &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096, headTimeout: r.http.ReadHeaderTimeout}
 	if r.adminLn, err = net.Listen("tcp", r.cfg.AdminAddr); err != nil {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
