@@ -102,11 +102,6 @@ func wantError(t *testing.T, resp *http.Response, body []byte, status int, code 
 	}
 }
 
-// accessLog returns the access-log lines written so far.
-func (w *world) accessLog() []map[string]any {
-	return w.logs.Lines("request", nil)
-}
-
 // waitLog polls the access log until a line satisfies cond.
 func (w *world) waitLog(t *testing.T, what string, cond func(map[string]any) bool) map[string]any {
 	t.Helper()
