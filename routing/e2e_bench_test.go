@@ -162,16 +162,10 @@ func BenchmarkShaping(b *testing.B) {
 // waitCertApplied waits until r serves a certificate for domain.
 func waitCertApplied(b *testing.B, r *testenv.Router, domain string) {
 	b.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		if _, ok := r.Certs().Lookup(domain); ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("certificate never applied")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(b, "the certificate of "+domain+" is applied", func() bool {
+		_, ok := r.Certs().Lookup(domain)
+		return ok
+	})
 }
 
 // BenchmarkHandshake measures full TLS handshakes (no resumption) through

@@ -1,7 +1,6 @@
 package routing_test
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,31 +8,20 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/sluice-router/sluice/events"
 	"github.com/sluice-router/sluice/routing"
-	"github.com/sluice-router/sluice/testenv"
 )
 
 // waitPageRefused polls the log until the fetch of url has failed.
 func (w *world) waitPageRefused(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		for _, line := range strings.Split(w.logs.String(), "\n") {
-			var l map[string]any
-			if json.Unmarshal([]byte(line), &l) == nil && l["message"] != nil && strings.HasPrefix(l["message"].(string), "app error page not fetched") && l["url"] == url {
-				if !strings.Contains(l["error"].(string), "refused") {
-					t.Fatalf("the page failed for another reason: %s", line)
-				}
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no refused fetch of %s in:\n%s", url, w.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	l := w.logs.WaitMatch(t, "of a failed fetch of "+url, func(l map[string]any) bool {
+		msg, _ := l["message"].(string)
+		return strings.HasPrefix(msg, "app error page not fetched") && l["url"] == url
+	})
+	if err, _ := l["error"].(string); !strings.Contains(err, "refused") {
+		t.Fatalf("the page failed for another reason: %v", l)
 	}
 }
 

@@ -72,17 +72,10 @@ func (w *world) publishCert(t *testing.T, ca *testenv.CA, domain string, opts te
 // waitCert waits until a handshake for sni gets the certificate serial.
 func waitCert(t *testing.T, r *testenv.Router, ca *testenv.CA, sni, serial string) {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
+	testenv.Eventually(t, sni+" gets certificate "+serial, func() bool {
 		cert, err := handshake(t, r, ca, sni, nil)
-		if err == nil && cert.SerialNumber.String() == serial {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: never served certificate %s (last: %v)", sni, serial, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil && cert.SerialNumber.String() == serial
+	})
 }
 
 func decodeReply(t *testing.T, resp *http.Response) testenv.Reply {
@@ -207,13 +200,9 @@ func TestCertificatesAreChecked(t *testing.T) {
 		t.Run("router refuses "+tt.name, func(t *testing.T) {
 			data, _ := json.Marshal(map[string]any{"v": 1, "kind": "cert", "domain": "shop.example.com", "generation": w.gen.Add(1), "cert": tt.chain, "key": tt.key})
 			publishRaw(t, js, events.CertSubject(region, "shop.example.com"), string(data))
-			deadline := time.Now().Add(testenv.Timeout)
-			for status(t, w.r).Events.Rejected < uint64(i+1) {
-				if time.Now().After(deadline) {
-					t.Fatal("the router did not refuse the certificate")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			testenv.Eventually(t, "the router refuses the certificate", func() bool {
+				return status(t, w.r).Events.Rejected >= uint64(i+1)
+			})
 			if !strings.Contains(w.logs.String(), tt.want) {
 				t.Fatalf("the log does not say %q:\n%s", tt.want, w.logs.String())
 			}
@@ -228,16 +217,10 @@ func TestCertificatesAreChecked(t *testing.T) {
 
 	// A removed certificate is no longer served.
 	must(t, w.pub.DeleteCert(ctx(t), "shop.example.com", w.gen.Add(1)))
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		if _, err := handshake(t, w.r, ca, "shop.example.com", nil); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the removed certificate is still served")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the removed certificate is no longer served", func() bool {
+		_, err := handshake(t, w.r, ca, "shop.example.com", nil)
+		return err != nil
+	})
 }
 
 func TestCertificatesSurviveRestart(t *testing.T) {
@@ -267,7 +250,7 @@ func TestUnknownServerNameRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 		t.Fatalf("handshake for an unknown name: %v, want the alert unrecognized_name", err)
 	}
-	waitLog(t, w, `"level":"debug"`, `"sni":"nope.example.com"`, "no certificate for the server name")
+	w.logs.WaitLine(t, "TLS handshake refused: no certificate for the server name", map[string]string{"level": "debug", "sni": "nope.example.com"})
 	w.r.Stop(t) // the HTTPS server has logged all it will
 	if logs := w.logs.String(); strings.Contains(logs, "no certificates configured") {
 		t.Fatalf("the refusal is also logged as crypto/tls's misleading error:\n%s", logs)
@@ -372,13 +355,7 @@ func TestTLSPassthrough(t *testing.T) {
 	client.CloseIdleConnections()
 	// One log line per relayed connection; the bytes are shaped as the
 	// container's.
-	deadline := time.Now().Add(testenv.Timeout)
-	for !strings.Contains(w.logs.String(), `"tls_passthrough":true`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for the relayed connection:\n%s", w.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	w.logs.WaitLine(t, "connection", map[string]string{"tls_passthrough": "true"})
 	app, _ := w.r.Table().Snapshot().App("secure")
 	if st := app.Containers[0].Bucket().Stats(); st.Download.Bytes == 0 || st.Upload.Bytes == 0 {
 		t.Fatalf("the relayed bytes were not charged to the container's bucket: %+v", st)
@@ -489,21 +466,15 @@ func TestCertDirectory(t *testing.T) {
 	second := write("static.pem", "static.example.com")
 	waitCert(t, w.r, ca, "static.example.com", second)
 	must(t, os.WriteFile(filepath.Join(dir, "static.pem"), []byte("truncated"), 0o600))
-	deadline := time.Now().Add(testenv.Timeout)
-	for !strings.Contains(w.logs.String(), `"file":"`+filepath.Join(dir, "static.pem")+`","reason"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("the broken file was not reported")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	w.logs.WaitLine(t, "certificate file skipped", map[string]string{"file": filepath.Join(dir, "static.pem")})
 	waitCert(t, w.r, ca, "static.example.com", second)
 
 	// Certificates a published one would be refused for are refused, with
 	// the reason: expired, or naming no domain.
 	writeWith("expired.pem", testenv.CertOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, "expired.example.com")
 	writeWith("unnamed.pem", testenv.CertOptions{})
-	waitLog(t, w, filepath.Join(dir, "expired.pem"), "expired on")
-	waitLog(t, w, filepath.Join(dir, "unnamed.pem"), "no DNS name")
+	w.logs.WaitLine(t, "certificate file skipped", map[string]string{"file": filepath.Join(dir, "expired.pem"), "reason": "expired on"})
+	w.logs.WaitLine(t, "certificate file skipped", map[string]string{"file": filepath.Join(dir, "unnamed.pem"), "reason": "no DNS name"})
 	if _, err := handshake(t, w.r, ca, "expired.example.com", &tls.Config{InsecureSkipVerify: true}); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 		t.Fatalf("handshake for an expired file's name: %v, want the alert unrecognized_name", err)
 	}
@@ -517,42 +488,14 @@ func TestCertDirectory(t *testing.T) {
 	must(t, os.Remove(filepath.Join(dir, "tie-a.pem")))
 	waitCert(t, w.r, ca, "x.tie.example.com", tieB)
 	must(t, os.Remove(filepath.Join(dir, "tie-b.pem")))
-	deadline = time.Now().Add(testenv.Timeout)
-	for {
-		if _, err := handshake(t, w.r, ca, "x.tie.example.com", nil); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the certificate of a removed file is still served")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the certificate of a removed file is no longer served", func() bool {
+		_, err := handshake(t, w.r, ca, "x.tie.example.com", nil)
+		return err != nil
+	})
 
 	// A certificate on the bus wins over the directory's.
 	bus := w.publishCert(t, ca, "static.example.com", testenv.CertOptions{})
 	waitCert(t, w.r, ca, "static.example.com", bus)
-}
-
-// waitLog waits until a line of the router's log contains every one of
-// parts.
-func waitLog(t *testing.T, w *world, parts ...string) {
-	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		for line := range strings.Lines(w.logs.String()) {
-			found := true
-			for _, p := range parts {
-				found = found && strings.Contains(line, p)
-			}
-			if found {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q:\n%s", parts, w.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // A plain HTTP request to the HTTPS listener gets a 400 that says so, not

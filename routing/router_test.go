@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -388,13 +389,9 @@ func TestTwoRoutersConverge(t *testing.T) {
 // waitApplied waits until r has handled the stream's messages up to seq.
 func waitApplied(t *testing.T, r *testenv.Router, seq uint64) {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for status(t, r).Events.LastSequence < seq {
-		if time.Now().After(deadline) {
-			t.Fatalf("router at sequence %d after %s, want %d", status(t, r).Events.LastSequence, testenv.Timeout, seq)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, fmt.Sprintf("the router has handled the stream up to sequence %d", seq), func() bool {
+		return status(t, r).Events.LastSequence >= seq
+	})
 }
 
 func TestAdminEndpoints(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -202,17 +203,10 @@ func TestShapingThroughTheProxy(t *testing.T) {
 	}
 	// The router writes the access-log line after the client has the last
 	// byte: wait for it.
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
+	testenv.Eventually(t, fmt.Sprintf("the access log says throttled_ms ≥ %.0f for down and up", minWait), func() bool {
 		throttled := throttledByApp(logs.String())
-		if throttled["down"] >= minWait && throttled["up"] >= minWait {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the access log says throttled_ms %v by app, want ≥ %.0f for down and up", throttled, minWait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return throttled["down"] >= minWait && throttled["up"] >= minWait
+	})
 }
 
 // dialWS opens a WebSocket to path on host through r, closed at the end
@@ -259,14 +253,10 @@ func shapingPeers(t *testing.T, r *testenv.Router) int {
 
 func waitShapingPeers(t *testing.T, want int, rs ...*testenv.Router) {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
 	for _, r := range rs {
-		for shapingPeers(t, r) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("a router counts %d shaping peers, want %d", shapingPeers(t, r), want)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		testenv.Eventually(t, fmt.Sprintf("the router at %s counts %d shaping peers", r.URL, want), func() bool {
+			return shapingPeers(t, r) == want
+		})
 	}
 }
 
@@ -372,23 +362,13 @@ func TestShapingTLSPassthrough(t *testing.T) {
 
 	// Every byte the client sent is charged as upload, the ClientHello the
 	// router read to find the server name included.
-	var relayed struct {
-		BytesIn int64 `json:"bytes_in"`
-	}
-	deadline := time.Now().Add(testenv.Timeout)
-	for relayed.BytesIn == 0 {
-		for _, line := range strings.Split(w.logs.String(), "\n") {
-			if strings.Contains(line, `"tls_passthrough":true`) {
-				must(t, json.Unmarshal([]byte(line), &relayed))
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for the relayed connection:\n%s", w.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	line := w.logs.WaitLine(t, "connection", map[string]string{"tls_passthrough": "true"})
+	sent, _ := line["bytes_in"].(float64)
+	if sent == 0 {
+		t.Fatalf("the relayed connection's log line counts no byte from the client: %v", line)
 	}
 	app, _ := w.r.Table().Snapshot().App("secure")
-	if up := app.Containers[0].Bucket().Stats().Upload.Bytes; up != relayed.BytesIn {
-		t.Errorf("the upload bucket was charged %d bytes, the client sent %d", up, relayed.BytesIn)
+	if up := app.Containers[0].Bucket().Stats().Upload.Bytes; up != int64(sent) {
+		t.Errorf("the upload bucket was charged %d bytes, the client sent %.0f", up, sent)
 	}
 }

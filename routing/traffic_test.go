@@ -102,33 +102,10 @@ func wantError(t *testing.T, resp *http.Response, body []byte, status int, code 
 	}
 }
 
-// accessLog returns the access-log lines written so far.
-func (w *world) accessLog() []map[string]any {
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(w.logs.String()), "\n") {
-		var l map[string]any
-		if json.Unmarshal([]byte(line), &l) == nil && l["message"] == "request" {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // waitLog polls the access log until a line satisfies cond.
 func (w *world) waitLog(t *testing.T, what string, cond func(map[string]any) bool) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		for _, l := range w.accessLog() {
-			if cond(l) {
-				return l
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no access-log line %s in:\n%s", what, w.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return w.logs.WaitMatch(t, "request "+what, func(l map[string]any) bool { return l["message"] == "request" && cond(l) })
 }
 
 func TestZeroDowntimeDeploys(t *testing.T) {
@@ -264,21 +241,23 @@ func TestStreamsInFlightFinishAfterTheirContainerIsRemoved(t *testing.T) {
 // waitInflight waits until the router has n requests in flight on app.
 func waitInflight(t *testing.T, r *testenv.Router, app string, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
+	testenv.Eventually(t, fmt.Sprintf("%d requests are in flight on %s", n, app), func() bool {
 		a, ok := r.Table().Snapshot().App(app)
 		var total int64
 		for _, c := range a.Containers {
 			total += c.Inflight()
 		}
-		if ok && total == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d requests in flight on %s, want %d", total, app, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return ok && total == n
+	})
+}
+
+// waitQueued waits until at least n requests wait in app's queue on r.
+func waitQueued(t *testing.T, r *testenv.Router, app string, n int64) {
+	t.Helper()
+	testenv.Eventually(t, fmt.Sprintf("%d requests wait in the queue of %s", n, app), func() bool {
+		a, ok := r.Table().Snapshot().App(app)
+		return ok && a.Queued() >= n
+	})
 }
 
 func TestCrashedContainerIsQuarantinedAndComesBack(t *testing.T) {
@@ -308,13 +287,7 @@ func TestCrashedContainerIsQuarantinedAndComesBack(t *testing.T) {
 
 	// It comes back at the same address: a probe finds it.
 	back := testenv.StartContainerAt(t, "app", "a", addr)
-	deadline := time.Now().Add(testenv.Timeout)
-	for quarantined() {
-		if time.Now().After(deadline) {
-			t.Fatal("the container is still quarantined after it came back")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the container is out of quarantine after it came back", func() bool { return !quarantined() })
 	for range 4 {
 		w.get(t, "app", "/")
 	}
@@ -544,21 +517,17 @@ func TestErrorPages(t *testing.T) {
 		}))
 		defer site.Close()
 		w.deploy(t, "resting", events.AppOptions{ErrorPage: site.URL + "/oops.html"})
-		deadline := time.Now().Add(testenv.Timeout)
-		for {
+		testenv.Eventually(t, "the app's error page replaces the router's", func() bool {
 			resp, body := w.get(t, "resting", "/")
 			if string(body) == page {
 				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(routing.ErrorHeader) != "no_container" {
 					t.Fatalf("the app's page came with %d %q", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
 				}
-				break
+				return true
 			}
 			wantError(t, resp, body, http.StatusServiceUnavailable, "no_container") // the router's page meanwhile
-			if time.Now().After(deadline) {
-				t.Fatal("the app's error page never replaced the router's")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return false
+		})
 		// Cached: more errors fetch nothing; JSON clients still get JSON.
 		for range 5 {
 			w.get(t, "resting", "/")
@@ -647,25 +616,19 @@ func TestAdmissionCap(t *testing.T) {
 		}()
 	}
 	waitInflight(t, w.r, "app", 2)
-	// A probe that finds a place in the queue (the two queued requests
-	// were not all waiting yet) gives up after a moment, and leaves it.
-	probe := &http.Client{Timeout: 300 * time.Millisecond}
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
-		req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/", nil)
-		req.Host = "app.example.com"
-		req.Header.Set("Accept", "application/json")
-		resp, err := probe.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			wantError(t, resp, body, http.StatusServiceUnavailable, "queue_full")
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("never refused with a full queue")
-		}
+	waitQueued(t, w.r, "app", 2)
+	// The fifth is refused without waiting for a slot.
+	probe := &http.Client{Timeout: time.Second}
+	req, _ := http.NewRequest(http.MethodGet, w.r.URL+"/", nil)
+	req.Host = "app.example.com"
+	req.Header.Set("Accept", "application/json")
+	resp, err := probe.Do(req)
+	if err != nil {
+		t.Fatalf("a request beyond the cap and queue: %v, want it refused at once", err)
 	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantError(t, resp, body, http.StatusServiceUnavailable, "queue_full")
 	for range 4 {
 		if got := <-results; got != http.StatusOK {
 			t.Fatalf("a request within the cap and queue: %d, want 200", got)
@@ -706,13 +669,7 @@ func TestScaleUpServesTheQueue(t *testing.T) {
 		_, body := w.get(t, "app", "/")
 		queued <- body
 	}()
-	deadline := time.Now().Add(testenv.Timeout)
-	for app, _ := w.r.Table().Snapshot().App("app"); app.Queued() == 0; app, _ = w.r.Table().Snapshot().App("app") {
-		if time.Now().After(deadline) {
-			t.Fatal("the second request never queued")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitQueued(t, w.r, "app", 1)
 	start := time.Now()
 	w.replace(t, "app", a, b)
 	select {
@@ -1027,13 +984,7 @@ func TestStopClosesContainerConnections(t *testing.T) {
 		t.Fatalf("%d connections open to the container, want the pooled one", c.OpenConns())
 	}
 	w.r.Stop(t)
-	deadline := time.Now().Add(testenv.Timeout)
-	for c.OpenConns() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the router stopped but its connection to the container is still open")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the stopped router's connection to the container is closed", func() bool { return c.OpenConns() == 0 })
 }
 
 // Redirects are decided before any container is needed, and the router's
@@ -1174,18 +1125,27 @@ func TestEveryErrorCodeInBothFormats(t *testing.T) {
 		}},
 		{"queue_full", http.StatusServiceUnavailable, func(t *testing.T, accept string) (*http.Response, []byte) {
 			hold(t)
-			for {
-				// Another request waits in the one-place queue; this
-				// one is turned away, unless it came first.
+			// Another request waits in the one-place queue; this one is
+			// turned away, unless the other timed out of the queue first.
+			var resp *http.Response
+			var body []byte
+			testenv.Eventually(t, "a request is refused while another waits in the queue", func() bool {
 				waiter := make(chan struct{})
 				go func() { defer close(waiter); get("busy.example.com", "/", "") }()
-				time.Sleep(20 * time.Millisecond)
-				resp, body := get("busy.example.com", "/", accept)
+				testenv.Eventually(t, "another request waits in busy's queue", func() bool {
+					select {
+					case <-waiter: // it timed out of the queue already
+						return true
+					default:
+						app, _ := w.r.Table().Snapshot().App("busy")
+						return app.Queued() > 0
+					}
+				})
+				resp, body = get("busy.example.com", "/", accept)
 				<-waiter
-				if resp.Header.Get(routing.ErrorHeader) != "queue_timeout" {
-					return resp, body
-				}
-			}
+				return resp.Header.Get(routing.ErrorHeader) != "queue_timeout"
+			})
+			return resp, body
 		}},
 		{"queue_timeout", http.StatusGatewayTimeout, func(t *testing.T, accept string) (*http.Response, []byte) {
 			hold(t)

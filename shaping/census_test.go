@@ -63,6 +63,15 @@ func TestCensus(t *testing.T) {
 		}
 	})
 
+	t.Run("a router beating on time stays counted", func(t *testing.T) {
+		c := newCensus("me")
+		for i := range 10 {
+			c.heard(beat("b", every), at(float64(i)))
+			check(t, c, at(float64(i)+2.99), 2)
+		}
+		check(t, c, at(12), 1)
+	})
+
 	t.Run("each router by its own interval", func(t *testing.T) {
 		c := newCensus("me")
 		c.heard(beat("slow", 2*every), t0)
@@ -104,5 +113,11 @@ func TestCensus(t *testing.T) {
 		c.heard(Heartbeat{V: 1, Router: "overflow", IntervalMS: 1 << 62}, t0)
 		check(t, c, t0.Add(missedBeats*MaxInterval-time.Millisecond), 3)
 		check(t, c, t0.Add(missedBeats*MaxInterval), 1)
+		// Just under MaxInterval is believed as announced.
+		c = newCensus("me")
+		under := MaxInterval - time.Millisecond
+		c.heard(beat("under", under), t0)
+		check(t, c, t0.Add(missedBeats*under-time.Millisecond), 2)
+		check(t, c, t0.Add(missedBeats*under), 1)
 	})
 }

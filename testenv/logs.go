@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -46,19 +46,28 @@ func (l *Logs) String() string {
 	return l.buf.String()
 }
 
-// Lines returns the decoded lines whose message is msg and whose fields
-// include every field of with: a string field contains the value given, any
-// other field is equal to it in JSON (e.g. "seq": "12").
-func (l *Logs) Lines(msg string, with map[string]string) []map[string]any {
+// Decoded returns every line written so far that is a JSON object,
+// decoded, in order.
+func (l *Logs) Decoded() []map[string]any {
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(l.String()))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) != nil || line[zerolog.MessageFieldName] != msg {
-			continue
+		if json.Unmarshal(sc.Bytes(), &line) == nil {
+			out = append(out, line)
 		}
-		if matches(line, with) {
+	}
+	return out
+}
+
+// Lines returns the decoded lines whose message is msg and whose fields
+// include every field of with: a string field contains the value given, any
+// other field is equal to it in JSON (e.g. "seq": "12").
+func (l *Logs) Lines(msg string, with map[string]string) []map[string]any {
+	var out []map[string]any
+	for _, line := range l.Decoded() {
+		if line[zerolog.MessageFieldName] == msg && matches(line, with) {
 			out = append(out, line)
 		}
 	}
@@ -88,14 +97,27 @@ func matches(line map[string]any, with map[string]string) bool {
 // Lines) has been written, and returns it.
 func (l *Logs) WaitLine(t testing.TB, msg string, with map[string]string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
-	for {
-		if lines := l.Lines(msg, with); len(lines) > 0 {
-			return lines[0]
+	return l.WaitMatch(t, fmt.Sprintf("%q with %v", msg, with), func(line map[string]any) bool {
+		return line[zerolog.MessageFieldName] == msg && matches(line, with)
+	})
+}
+
+// WaitMatch waits until a decoded line for which match returns true has
+// been written, and returns the first one; if none has after Timeout, it
+// fails the test with what (the line awaited) and the log.
+func (l *Logs) WaitMatch(t testing.TB, what string, match func(line map[string]any) bool) map[string]any {
+	t.Helper()
+	var found map[string]any
+	if !poll(func() bool {
+		for _, line := range l.Decoded() {
+			if match(line) {
+				found = line
+				return true
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s, no log line %q with %v in:\n%s", Timeout, msg, with, l.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("after %s, no log line %s in:\n%s", Timeout, what, l.String())
 	}
+	return found
 }

@@ -1,7 +1,9 @@
 // Package testenv is the test harness of sluice: an embedded NATS server
 // with JetStream on a random port and a temporary store, fake app containers
-// on 127.0.0.1 that say who they are, and routers wired to both. Every
-// helper takes a testing.TB and stops what it started in t.Cleanup.
+// on 127.0.0.1 that say who they are, and routers wired to both. Tests
+// wait with Eventually, or Logs.WaitLine for a log line, rather than
+// sleep. Every helper takes a testing.TB and stops what it started in
+// t.Cleanup.
 // Production code never imports testenv.
 package testenv
 
@@ -550,13 +552,7 @@ func (r *Router) Stop(t testing.TB) {
 // WaitReady waits until the router has loaded its region's state.
 func (r *Router) WaitReady(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
-	for !r.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("router not ready after %s", Timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	Eventually(t, "the router is ready", r.Ready)
 }
 
 // WaitRoutes waits until cond holds for the router's route table, and

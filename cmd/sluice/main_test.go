@@ -349,17 +349,10 @@ func deployHello(t *testing.T, natsURL, httpAddr string) {
 			t.Fatalf("%v: %s", args, stderr)
 		}
 	}
-	deadline := time.Now().Add(testenv.Timeout)
-	for {
+	testenv.Eventually(t, "the router routes hello.example.com to h1", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
 		req.Host = "hello.example.com"
 		resp, reply := testenv.Do(t, req)
-		if resp.StatusCode == http.StatusOK && reply.Container == "h1" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never routed: last status %d", resp.StatusCode)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return resp.StatusCode == http.StatusOK && reply.Container == "h1"
+	})
 }

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -103,24 +99,6 @@ func startNATSWithUsers(t *testing.T, roles map[string]role) *server.Server {
 	return ns
 }
 
-// syncLines collects log lines written from another goroutine.
-type syncLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *syncLines) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, s)
-}
-
-func (l *syncLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
-}
-
 // TestDocumentedNATSPermissions runs a router, the control plane and the
 // certificate manager as NATS users with exactly the permissions
 // docs/security.md gives them: each can do its job, and the control plane
@@ -132,49 +110,14 @@ func TestDocumentedNATSPermissions(t *testing.T) {
 	port := strconv.Itoa(ns.Addr().(*net.TCPAddr).Port)
 	url := func(user string) string { return "nats://" + user + ":pw@127.0.0.1:" + port }
 
-	logR, logW := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"serve", "--region", region, "--nats", url("router"), "--nats-inbox-prefix", roles["router"].inbox,
-			"--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, noEnv, io.Discard, logW)
-		logW.Close()
-	}()
-	loggerDone := make(chan struct{})
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve returned %v", err)
-		}
-		<-loggerDone
-	})
-	var logs syncLines
-	lines := bufio.NewScanner(logR)
-	var httpAddr, httpsAddr string
-	for httpAddr == "" && lines.Scan() {
-		logs.add(lines.Text())
-		var line map[string]any
-		if json.Unmarshal(lines.Bytes(), &line) == nil && line["message"] == "router started" {
-			httpAddr, _ = line["http"].(string)
-			httpsAddr, _ = line["https"].(string)
-		}
-	}
-	go func() {
-		defer close(loggerDone)
-		for lines.Scan() {
-			logs.add(lines.Text())
-		}
-	}()
-	if httpAddr == "" {
-		t.Fatalf("router did not start:\n%s", logs.String())
-	}
+	s := startServe(t, "--region", region, "--nats", url("router"), "--nats-inbox-prefix", roles["router"].inbox)
 
 	// The control plane publishes an app; the router applies it.
 	control := func(args ...string) []string {
 		return append(args, "--region", region, "--nats", url("control-plane"), "--nats-inbox-prefix", roles["control plane"].inbox)
 	}
 	c := testenv.StartContainer(t, "hello", "h1")
-	waitFor(t, "the control plane publishes", func() bool {
+	testenv.Eventually(t, "the control plane publishes", func() bool {
 		// The router creates the stream as it starts.
 		_, _, code := sluice(t, noEnv, control("domains", "--app", "hello", "--domain", "hello.example.com")...)
 		return code == 0
@@ -182,8 +125,8 @@ func TestDocumentedNATSPermissions(t *testing.T) {
 	if _, stderr, code := sluice(t, noEnv, control("deploy", "--app", "hello", "--container", "h1="+c.Address())...); code != 0 {
 		t.Fatalf("deploy as the control plane: %s", stderr)
 	}
-	waitFor(t, "the router routes the app", func() bool {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/", nil)
+	testenv.Eventually(t, "the router routes the app", func() bool {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+"/", nil)
 		req.Host = "hello.example.com"
 		resp, reply := testenv.Do(t, req)
 		return resp.StatusCode == http.StatusOK && reply.Container == "h1"
@@ -199,8 +142,8 @@ func TestDocumentedNATSPermissions(t *testing.T) {
 		"--domain", "hello.example.com", "--cert", filepath.Join(dir, "chain.pem"), "--key", filepath.Join(dir, "key.pem")); code != 0 {
 		t.Fatalf("cert as the certificate manager: %s", stderr)
 	}
-	waitFor(t, "the router serves the certificate", func() bool {
-		conn, err := tls.Dial("tcp", httpsAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "hello.example.com"})
+	testenv.Eventually(t, "the router serves the certificate", func() bool {
+		conn, err := tls.Dial("tcp", s.httpsAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "hello.example.com"})
 		if err == nil {
 			conn.Close()
 		}
@@ -261,20 +204,8 @@ func TestDocumentedNATSPermissions(t *testing.T) {
 		t.Fatalf("deploy over junk as the control plane: %s", stderr)
 	}
 
-	if strings.Contains(logs.String(), "ermission") {
-		t.Fatalf("the router lacks a permission:\n%s", logs.String())
-	}
-}
-
-// waitFor polls cond until it holds, or fails the test.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testenv.Timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if strings.Contains(s.logs.String(), "ermission") {
+		t.Fatalf("the router lacks a permission:\n%s", s.logs.String())
 	}
 }
 

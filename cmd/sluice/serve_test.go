@@ -9,15 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/sluice-router/sluice/testenv"
 )
 
 // serving is a sluice serve running in the test process.
 type serving struct {
-	httpAddr, adminAddr string
-	logs                *testenv.Logs
+	httpAddr, httpsAddr, adminAddr string
+	logs                           *testenv.Logs
 }
 
 // startServe runs sluice serve with args after listeners on random loopback
@@ -39,6 +38,7 @@ func startServe(t *testing.T, args ...string) serving {
 	started := logs.WaitLine(t, "router started", nil)
 	s := serving{logs: logs}
 	s.httpAddr, _ = started["http"].(string)
+	s.httpsAddr, _ = started["https"].(string)
 	s.adminAddr, _ = started["admin"].(string)
 	return s
 }
@@ -65,13 +65,10 @@ func TestServeExternalNATS(t *testing.T) {
 	n := testenv.StartNATS(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	s := startServe(t, "--nats", n.URL(), "--data-dir", dataDir, "--nats-listen", "127.0.0.1:0")
-	deadline := time.Now().Add(testenv.Timeout)
-	for code, _ := s.admin(t, "/readyz"); code != http.StatusOK; code, _ = s.admin(t, "/readyz") {
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz = %d after %s, want 200", code, testenv.Timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, "/readyz answers 200", func() bool {
+		code, _ := s.admin(t, "/readyz")
+		return code == http.StatusOK
+	})
 	if lines := s.logs.Lines("embedded NATS started", nil); len(lines) != 0 {
 		t.Fatalf("serve --nats started an embedded NATS: %v", lines)
 	}
