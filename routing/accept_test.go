@@ -1,7 +1,12 @@
 package routing
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"net"
 	"os"
 	"sync/atomic"
@@ -45,7 +50,8 @@ func TestHTTPSAcceptRetriesTemporaryErrors(t *testing.T) {
 	defer client.Close()
 	stub.conn <- server
 	p := NewProxy(NewTable(zerolog.Nop(), nil), Config{})
-	l := newSNIListener(stub, p, time.Minute)
+	guard := &guardListener{proxy: p}
+	l := newSNIListener(stub, p, time.Minute, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}, guard.guard)
 	go func() {
 		// Sends its ClientHello; fails when the test closes the pipe.
 		_ = tls.Client(client, &tls.Config{ServerName: "app.example.com", InsecureSkipVerify: true}).Handshake()
@@ -72,4 +78,21 @@ func TestHTTPSAcceptRetriesTemporaryErrors(t *testing.T) {
 	if _, err := l.Accept(); err != net.ErrClosed {
 		t.Fatalf("Accept after Close: %v, want %v", err, net.ErrClosed)
 	}
+}
+
+// selfSigned returns a certificate for app.example.com signed by its own
+// key.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"app.example.com"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -1,11 +1,9 @@
 package routing
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -112,7 +110,7 @@ func (c *Certs) Lookup(serverName string) (*tls.Certificate, bool) {
 // makes the handshake fail with the alert unrecognized_name. A refusal is
 // logged at debug level with the server name (scanners send many);
 // crypto/tls sends that alert only for its own "no certificates
-// configured" error, which handshakeLog keeps out of the log.
+// configured" error, which the HTTPS listener logs at debug level too.
 func (c *Certs) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if cert, ok := c.Lookup(hello.ServerName); ok {
 		return cert, nil
@@ -127,21 +125,6 @@ func (c *Certs) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 	}
 	return c.def, nil
 }
-
-// handshakeLog is the HTTPS server's error log: it drops the line of a
-// handshake refused for want of a certificate ("tls: no certificates
-// configured", which GetCertificate has already logged, with the server
-// name) and passes the others on to next.
-type handshakeLog struct{ next io.Writer }
-
-func (w handshakeLog) Write(p []byte) (int, error) {
-	if bytes.HasSuffix(bytes.TrimRight(p, "\n"), []byte("tls: no certificates configured")) {
-		return len(p), nil
-	}
-	return w.next.Write(p)
-}
-
-var _ io.Writer = handshakeLog{}
 
 // Apply applies the certificate events of a batch; other events are
 // ignored. An event not newer than the domain's last one is ignored; one

@@ -2,6 +2,8 @@ package routing
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"io"
 	"math"
 	"net"
@@ -47,9 +49,28 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return l.guard(c, nil), nil
+}
+
+// guard returns c behind a guardConn. tlsState is the state of the TLS
+// connection c is, nil for plain HTTP: the server cannot see it through the
+// guard, so withTLSState hands it to the requests.
+func (l *guardListener) guard(c net.Conn, tlsState *tls.ConnectionState) *guardConn {
 	// The server times the first head from the moment it accepts the
 	// connection.
-	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead, headTimeout: l.headTimeout, headTimed: true}, nil
+	return &guardConn{Conn: c, proxy: l.proxy, maxHead: l.maxHead, headTimeout: l.headTimeout, headTimed: true, tlsState: tlsState}
+}
+
+// tlsStateKey is the context key of a guarded TLS connection's state.
+type tlsStateKey struct{}
+
+// withTLSState is the http.Server.ConnContext hook that keeps the TLS state
+// of a guarded HTTPS connection for its requests (see Proxy.ServeHTTP).
+func withTLSState(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*guardConn); ok && g.tlsState != nil {
+		return context.WithValue(ctx, tlsStateKey{}, g.tlsState)
+	}
+	return ctx
 }
 
 // guardConnState is the http.Server.ConnState hook that tells a guardConn
@@ -110,9 +131,10 @@ type guardConn struct {
 	rerr            error  // a read error, returned once the bytes before it are read
 	refusal         *Error // the refused request's answer, until it is sent
 	refused         *http.Request
-	done            bool        // the answer is sent: only EOF from now on
-	headTimed       bool        // the read deadline of the head being read is set
-	busy            atomic.Bool // the server is handling a request
+	done            bool                 // the answer is sent: only EOF from now on
+	headTimed       bool                 // the read deadline of the head being read is set
+	busy            atomic.Bool          // the server is handling a request
+	tlsState        *tls.ConnectionState // of an HTTPS connection; nil for HTTP
 }
 
 func (c *guardConn) Read(p []byte) (int, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,16 +81,21 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 type sniListener struct {
 	net.Listener
 	proxy   *Proxy
-	timeout time.Duration // bound on reading the ClientHello
-	conns   chan net.Conn
-	done    chan struct{} // closed by Close: no more connections
-	relays  chan struct{} // closed by stopRelays: relayed connections end
-	once    sync.Once
-	wg      sync.WaitGroup // connection goroutines
+	timeout time.Duration // bound on reading the ClientHello, and on the handshake
+	// tlsConfig terminates TLS; guard wraps an HTTP/1.1 connection in the
+	// request guard.
+	tlsConfig *tls.Config
+	guard     func(net.Conn, *tls.ConnectionState) *guardConn
+	conns     chan net.Conn
+	done      chan struct{} // closed by Close: no more connections
+	relays    chan struct{} // closed by stopRelays: relayed connections end
+	once      sync.Once
+	wg        sync.WaitGroup // connection goroutines
 }
 
-func newSNIListener(ln net.Listener, p *Proxy, timeout time.Duration) *sniListener {
-	l := &sniListener{Listener: ln, proxy: p, timeout: timeout, conns: make(chan net.Conn), done: make(chan struct{}), relays: make(chan struct{})}
+func newSNIListener(ln net.Listener, p *Proxy, timeout time.Duration, cfg *tls.Config, guard func(net.Conn, *tls.ConnectionState) *guardConn) *sniListener {
+	l := &sniListener{Listener: ln, proxy: p, timeout: timeout, tlsConfig: cfg, guard: guard,
+		conns: make(chan net.Conn), done: make(chan struct{}), relays: make(chan struct{})}
 	l.wg.Go(l.acceptLoop)
 	return l
 }
@@ -147,8 +153,29 @@ func (l *sniListener) sort(conn net.Conn) {
 		l.proxy.relay(conn, hello, name, app, l.relays)
 		return
 	}
+	// The handshake is done here, not by the server, so that HTTP/1.1
+	// requests go through the request guard as on plain HTTP; HTTP/2
+	// frames its messages itself.
+	tc := tls.Server(&prefixConn{Conn: conn, prefix: bytes.NewReader(hello)}, l.tlsConfig)
+	_ = conn.SetDeadline(time.Now().Add(l.timeout))
+	err = tc.Handshake()
+	_ = conn.SetDeadline(time.Time{})
+	if err != nil {
+		// A server name without a certificate is logged by
+		// Certs.GetCertificate already; crypto/tls says only "no
+		// certificates configured" of it.
+		if !strings.HasSuffix(err.Error(), "no certificates configured") {
+			l.proxy.log.Debug().Str("sni", name).Stringer("remote", conn.RemoteAddr()).Err(err).Msg("TLS handshake failed")
+		}
+		conn.Close()
+		return
+	}
+	var c net.Conn = tc
+	if st := tc.ConnectionState(); st.NegotiatedProtocol != "h2" {
+		c = l.guard(tc, &st)
+	}
 	select {
-	case l.conns <- &prefixConn{Conn: conn, prefix: bytes.NewReader(hello)}:
+	case l.conns <- c:
 	case <-l.done:
 		conn.Close()
 	}

@@ -515,3 +515,53 @@ func TestPlainHTTPOnTheHTTPSPort(t *testing.T) {
 		t.Fatalf("plain HTTP on the HTTPS port: %d %q, want 400 plain_http_on_https_port", resp.StatusCode, resp.Header.Get(routing.ErrorHeader))
 	}
 }
+
+// HTTPS/1.1 requests go through the same request guard as plain HTTP: an
+// ambiguous head gets the router's coded answer, a valid one is served
+// with what the router knows of the TLS connection.
+func TestGuardOverHTTPS(t *testing.T) {
+	w := newWorld(t, routing.Config{})
+	ca := testenv.NewCA(t)
+	c := testenv.StartContainer(t, "app", "a")
+	w.deploy(t, "app", events.AppOptions{}, c)
+	serial := w.publishCert(t, ca, "app.example.com", testenv.CertOptions{})
+	waitCert(t, w.r, ca, "app.example.com", serial)
+	send := func(t *testing.T, request string) *http.Response {
+		t.Helper()
+		conn, err := tls.Dial("tcp", w.r.HTTPSAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "app.example.com", NextProtos: []string{"http/1.1"}})
+		must(t, err)
+		t.Cleanup(func() { conn.Close() })
+		must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
+		_, err = io.WriteString(conn, request)
+		must(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		must(t, err)
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	for _, tt := range []struct {
+		name, request, code string
+		status              int
+	}{
+		{"two Host headers", "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: app.example.com\r\n\r\n", "duplicate_host", http.StatusBadRequest},
+		{"length and chunks", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "ambiguous_length", http.StatusBadRequest},
+		{"unknown expectation", "GET / HTTP/1.1\r\nHost: app.example.com\r\nExpect: magic\r\n\r\n", "expectation_failed", http.StatusExpectationFailed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := send(t, tt.request)
+			if resp.StatusCode != tt.status || resp.Header.Get(routing.ErrorHeader) != tt.code {
+				t.Fatalf("%d %q, want %d %q", resp.StatusCode, resp.Header.Get(routing.ErrorHeader), tt.status, tt.code)
+			}
+		})
+	}
+	before := c.Hits()
+	resp := send(t, "GET /x HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	var reply testenv.Reply
+	must(t, json.NewDecoder(resp.Body).Decode(&reply))
+	if resp.StatusCode != http.StatusOK || reply.Header.Get("X-Forwarded-Proto") != "https" {
+		t.Fatalf("a valid HTTPS/1.1 request: %d, X-Forwarded-Proto %q; want 200 and https", resp.StatusCode, reply.Header.Get("X-Forwarded-Proto"))
+	}
+	if got := c.Hits() - before; got != 1 {
+		t.Fatalf("the container got %d requests, want only the valid one", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -224,6 +225,13 @@ func (x *exchange) throttled() time.Duration {
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil {
+		// An HTTPS/1.1 connection reaches the server through the request
+		// guard, which hides its TLS from it.
+		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok {
+			r.TLS = st
+		}
+	}
 	x := &exchange{start: time.Now(), requestID: requestID(r), secure: r.TLS != nil}
 	idle := &clientIdle{rc: http.NewResponseController(w), idle: p.cfg.IdleTimeout}
 	rec := &recorder{ResponseWriter: w, idle: idle, in: &x.bytesIn.n}

@@ -226,7 +226,8 @@ func NewRouter(nc *nats.Conn, cfg Config) (*Router, error) {
 	r.http.ConnState = guardConnState
 	if cfg.HTTPSAddr != "off" {
 		r.https = server()
-		r.https.ErrorLog = log.New(handshakeLog{logWriter{cfg.Logger.With().Str("component", "http").Logger()}}, "", 0)
+		r.https.ConnState = guardConnState
+		r.https.ConnContext = withTLSState
 		r.https.TLSConfig = &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: certs.GetCertificate,
@@ -290,7 +291,8 @@ func (r *Router) Open() error {
 	// Request heads are checked before the server reads them; the guard
 	// lets through heads as large as the server reads (MaxHeaderBytes
 	// plus its 4096 bytes of slack), and times them as the server would.
-	r.httpLn = &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096, headTimeout: r.http.ReadHeaderTimeout}
+	guard := &guardListener{Listener: ln, proxy: r.proxy, maxHead: r.http.MaxHeaderBytes + 4096, headTimeout: r.http.ReadHeaderTimeout}
+	r.httpLn = guard
 	if r.adminLn, err = net.Listen("tcp", r.cfg.AdminAddr); err != nil {
 		r.httpLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
@@ -306,7 +308,7 @@ func (r *Router) Open() error {
 		if _, port, _ := net.SplitHostPort(ln.Addr().String()); port != "443" {
 			r.proxy.httpsPort = port
 		}
-		r.httpsLn = newSNIListener(ln, r.proxy, r.cfg.ReadHeaderTimeout)
+		r.httpsLn = newSNIListener(ln, r.proxy, r.cfg.ReadHeaderTimeout, r.https.TLSConfig, guard.guard)
 	}
 	return nil
 }
@@ -344,7 +346,8 @@ func (r *Router) Run(ctx context.Context) error {
 	if r.https != nil {
 		servers = append(servers, r.https)
 		g.Go(func() error {
-			err := r.https.ServeTLS(r.httpsLn, "", "")
+			// The listener's connections have done their handshake.
+			err := r.https.Serve(r.httpsLn)
 			if errors.Is(err, http.ErrServerClosed) {
 				return nil
 			}
