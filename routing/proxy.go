@@ -522,6 +522,12 @@ func (p *Proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 		p.quarantine.add(x.app.Name, x.container, err)
 		x.tried = append(x.tried, x.container.b)
 		x.drop()
+		// The app may have changed since the request was admitted (a
+		// deploy replaced the container that just refused it): the retry
+		// goes to one of its current containers.
+		if cur := x.app.ref.app.Load(); cur != nil {
+			x.app = cur
+		}
 		switch e := p.acquire(out.Context(), x); e {
 		case nil:
 		case errAllTried:

@@ -238,6 +238,36 @@ func TestStreamsInFlightFinishAfterTheirContainerIsRemoved(t *testing.T) {
 	<-stopped
 }
 
+// A request admitted to a container that a deploy then replaces and stops
+// before the request could connect is retried on the app's new container,
+// not answered 502: the deploy costs no client error.
+func TestRetryAfterADeployGoesToTheNewContainers(t *testing.T) {
+	old := testenv.StartContainer(t, "app", "old")
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == old.Address() {
+			once.Do(func() { close(held) })
+			<-release
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	w := newWorld(t, routing.Config{DialContext: dial})
+	w.deploy(t, "app", events.AppOptions{}, old)
+	got := make(chan []byte, 1)
+	go func() {
+		_, body := w.get(t, "app", "/")
+		got <- body
+	}()
+	<-held // the request has its slot on old and is connecting
+	w.replace(t, "app", testenv.StartContainer(t, "app", "new"))
+	old.Stop()
+	close(release)
+	if c := container(t, <-got); c != "new" {
+		t.Fatalf("the request was answered by %q, want the new container", c)
+	}
+}
+
 // waitInflight waits until the router has n requests in flight on app.
 func waitInflight(t *testing.T, r *testenv.Router, app string, n int64) {
 	t.Helper()
