@@ -110,26 +110,45 @@ func (s *Snapshot) Lookup(host string) (*App, bool) {
 
 // normalizeHost lowercases host and strips a port and a trailing dot. It
 // returns "" for an IP literal or an empty name. It allocates only when host
-// has upper-case letters. It reads host once when nothing needs lowering
-// (the usual case): it is on the path of every request.
+// has upper-case letters, and reads host 8 bytes at a time: it is on the
+// path of every request.
 func normalizeHost(host string) string {
 	if strings.HasPrefix(host, "[") {
 		return "" // IPv6 literal: no app is named by address
 	}
-	end, lower := len(host), false
-	for i := 0; i < len(host); i++ {
-		switch c := host[i]; {
-		case c == ':':
-			end = i // the last colon starts the port
-		case 'A' <= c && c <= 'Z', c >= utf8.RuneSelf:
-			lower = true
-		}
+	if strings.IndexByte(host, ':') >= 0 {
+		host = host[:strings.LastIndexByte(host, ':')] // the last colon starts the port
 	}
-	host = strings.TrimSuffix(host[:end], ".")
-	if lower {
+	host = strings.TrimSuffix(host, ".")
+	if needsLower(host) {
 		return strings.ToLower(host)
 	}
 	return host
+}
+
+// needsLower reports whether s has an upper-case ASCII letter or a byte
+// that is not ASCII, looking at 8 bytes at a time: a byte b < 0x80 is in
+// 'A'..'Z' when b + (0x80-'A') has its high bit set and b + (0x80-'Z'-1)
+// has not, and neither sum carries into the next byte.
+func needsLower(s string) bool {
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&high != 0 || (w+(0x80-'A')*ones)&^(w+(0x80-'Z'-1)*ones)&high != 0 {
+			return true
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
 }
 
 // Table is the route table of a router: the current Snapshot, read by

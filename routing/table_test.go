@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -613,9 +614,25 @@ func TestNormalizeHostMatchesPlainVersion(t *testing.T) {
 		"", ".", ":", "::", "a", "A", "www.example.com", "WWW.Example.COM", "www.example.com.", "www.example.com.:80",
 		"www.example.com:8080", "host:ABC", "a:b:c", "[::1]:80", "127.0.0.1:80", "ÉCOLE.example.com", "école.example.com:443",
 		"www.example.com..", "x.Y.z.:", "\xff\xfe", "İ.example.com",
+		// Every position of an upper-case letter or a non-ASCII byte in
+		// and around the 8-byte words, and the letters next to 'A'..'Z'.
+		"abcdefgH", "abcdefghI", "Abcdefghijklmnop", "abcdefghijklmnoP", "abcdefgh@[`{", "abcdefg@", "abcdefg[",
+		"abcdefgh\x80", "abcdefg\x7f", "@@@@@@@@[[[[[[[[", "````````{{{{{{{{", "zzzzzzzzAzzzzzzz",
 	} {
 		if got, want := normalizeHost(host), plain(host); got != want {
 			t.Errorf("normalizeHost(%q) = %q, want %q", host, got, want)
+		}
+	}
+	// Random hosts over the bytes that matter, of every length up to 40.
+	rng := rand.New(rand.NewPCG(5, 6))
+	alphabet := []byte("aAzZ@[`{09.:-\x7f\x80\xc3\xa9")
+	for range 20000 {
+		b := make([]byte, rng.IntN(41))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if got, want := normalizeHost(string(b)), plain(string(b)); got != want {
+			t.Fatalf("normalizeHost(%q) = %q, want %q", b, got, want)
 		}
 	}
 }
