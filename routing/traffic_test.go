@@ -81,6 +81,30 @@ func (w *world) get(t *testing.T, app, path string, header ...string) (*http.Res
 	return resp, body
 }
 
+// getLater sends GET path to app from another goroutine and delivers the
+// body (nil if the request failed, which fails the test) when it comes.
+func (w *world) getLater(t *testing.T, app, path string) <-chan []byte {
+	t.Helper()
+	got := make(chan []byte, 1)
+	req, _ := http.NewRequest(http.MethodGet, w.r.URL+path, nil)
+	req.Host = app + ".example.com"
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("GET %s%s: %v", req.Host, path, err)
+			got <- nil
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Errorf("GET %s%s: %v", req.Host, path, err)
+		}
+		got <- body
+	}()
+	return got
+}
+
 // container returns the id of the container that answered body.
 func container(t *testing.T, body []byte) string {
 	t.Helper()
@@ -254,11 +278,7 @@ func TestRetryAfterADeployGoesToTheNewContainers(t *testing.T) {
 	}
 	w := newWorld(t, routing.Config{DialContext: dial})
 	w.deploy(t, "app", events.AppOptions{}, old)
-	got := make(chan []byte, 1)
-	go func() {
-		_, body := w.get(t, "app", "/")
-		got <- body
-	}()
+	got := w.getLater(t, "app", "/")
 	<-held // the request has its slot on old and is connecting
 	w.replace(t, "app", testenv.StartContainer(t, "app", "new"))
 	old.Stop()
@@ -694,11 +714,7 @@ func TestScaleUpServesTheQueue(t *testing.T) {
 		}
 	}()
 	waitInflight(t, w.r, "app", 1)
-	queued := make(chan []byte, 1)
-	go func() {
-		_, body := w.get(t, "app", "/")
-		queued <- body
-	}()
+	queued := w.getLater(t, "app", "/")
 	waitQueued(t, w.r, "app", 1)
 	start := time.Now()
 	w.replace(t, "app", a, b)
@@ -718,11 +734,7 @@ func TestLeastConnThroughTheProxy(t *testing.T) {
 	w.deploy(t, "app", events.AppOptions{Balance: events.BalanceLeastConn}, a, b)
 	// A long request holds one container: every other request goes to the
 	// other one.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.get(t, "app", "/sleep/500ms")
-	}()
+	done := w.getLater(t, "app", "/sleep/500ms")
 	waitInflight(t, w.r, "app", 1)
 	busy := "a"
 	if a.Hits() == 0 {
