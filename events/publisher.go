@@ -228,16 +228,8 @@ func (p *Publisher) encode(ctx context.Context, st jetstream.Stream, ev Event, c
 // deletedAfter reports whether the stream holds a delete of app at a
 // generation above gen: the app's claims up to gen were released.
 func (p *Publisher) deletedAfter(ctx context.Context, st jetstream.Stream, app string, gen uint64) (bool, error) {
-	subject := Subject(p.region, app, AspectDelete)
-	m, err := st.GetLastMsgForSubject(ctx, subject)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("read the current state of %s: %w", subject, err)
-	}
-	del, err := decodePayload(m.Data)
-	return err == nil && del.Generation > gen, nil
+	del, err := readSubject(ctx, st, Subject(p.region, app, AspectDelete))
+	return del.event.Generation > gen, err
 }
 
 func (p *Publisher) eventStream(ctx context.Context) (jetstream.Stream, error) {

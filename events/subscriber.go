@@ -111,11 +111,6 @@ func (s *Subscriber) consume(ctx context.Context) error {
 	}
 	loadedAt := info.State.LastSeq
 	start := time.Now()
-	// A stream that holds no message (never written, or purged: its last
-	// sequence is then above zero) has nothing to deliver.
-	if !s.ready.Load() && info.State.Msgs == 0 {
-		s.markReady(loadedAt, start)
-	}
 	// An ordered consumer is ephemeral, and resumes after the last message
 	// it delivered when the connection comes back; starting from the last
 	// message of each subject gives the current state in one pass.
@@ -143,8 +138,8 @@ func (s *Subscriber) consume(ctx context.Context) error {
 		return fmt.Errorf("consume: %w", err)
 	}
 	defer cc.Stop()
-	// The consumer may have nothing to deliver although the stream looked
-	// non-empty, e.g. when it was purged in between.
+	// A consumer with nothing to deliver (the stream was never written, or
+	// was purged: its last sequence is then above zero) has loaded it all.
 	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 && !s.ready.Load() {
 		s.markReady(loadedAt, start)
 	}

@@ -175,8 +175,8 @@ func (e *errorPages) get(url string) []byte {
 	defer e.mu.Unlock()
 	p := e.pages[url]
 	if p == nil {
-		if len(e.pages) >= e.max {
-			e.evict()
+		if len(e.pages) >= e.max && !e.evict() {
+			return nil // every page is being fetched: the router's own page
 		}
 		p = &cachedPage{}
 		e.pages[url] = p
@@ -192,9 +192,9 @@ func (e *errorPages) get(url string) []byte {
 	return p.body
 }
 
-// evict drops the page asked for least recently, not being fetched.
-// Called with mu held.
-func (e *errorPages) evict() {
+// evict drops the page asked for least recently, not being fetched, and
+// reports whether it found one. Called with mu held.
+func (e *errorPages) evict() bool {
 	var oldest string
 	var used time.Time
 	for url, p := range e.pages {
@@ -202,7 +202,11 @@ func (e *errorPages) evict() {
 			oldest, used = url, p.used
 		}
 	}
+	if oldest == "" {
+		return false
+	}
 	delete(e.pages, oldest)
+	return true
 }
 
 // run fetches the pages asked for until ctx is done.

@@ -103,4 +103,15 @@ func TestErrorPageCacheBounded(t *testing.T) {
 			t.Errorf("%s, asked for recently, was dropped", url)
 		}
 	}
+	// While every cached page is being fetched, none can be dropped: a new
+	// page is not cached rather than grow the cache.
+	e.mu.Lock()
+	for _, p := range e.pages {
+		p.fetching = true
+	}
+	e.mu.Unlock()
+	e.get("https://pages.example.com/new")
+	if got := len(e.pages); got > 3 {
+		t.Fatalf("%d pages cached while all were being fetched, want at most 3", got)
+	}
 }

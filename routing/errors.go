@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"html/template"
 	"mime"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -78,7 +77,6 @@ func upstreamError(ctx context.Context, err error) *Error {
 		routerErr   *Error
 		unreachable *unreachableError
 		tooLarge    *http.MaxBytesError
-		ne          net.Error
 	)
 	switch {
 	case errors.Is(err, errClientIdle):
@@ -91,7 +89,7 @@ func upstreamError(ctx context.Context, err error) *Error {
 		return &Error{Status: StatusClientClosedRequest, Code: "client_closed", Message: "The client went away.", Err: err}
 	case errors.As(err, &unreachable) || isDialError(err):
 		return &Error{Status: http.StatusBadGateway, Code: "container_unreachable", Message: "The app could not be reached.", Err: err}
-	case errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		return &Error{Status: http.StatusGatewayTimeout, Code: "container_timeout", Message: "The app did not answer in time.", Err: err}
 	default:
 		return &Error{Status: http.StatusBadGateway, Code: "container_error", Message: "The app closed the connection or sent a broken response.", Err: err}
@@ -101,13 +99,12 @@ func upstreamError(ctx context.Context, err error) *Error {
 // streamError names the failure of a response after its headers were sent:
 // it is only logged, as the client already has the status.
 func streamError(ctx context.Context, err error) *Error {
-	var ne net.Error
 	switch {
 	case errors.Is(err, errClientIdle):
 		return clientTimeout(err)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return &Error{Status: StatusClientClosedRequest, Code: "client_closed", Message: "The client went away.", Err: err}
-	case errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		return &Error{Status: http.StatusGatewayTimeout, Code: "stream_idle", Message: "No byte either way within the idle timeout.", Err: err}
 	default:
 		return &Error{Status: http.StatusBadGateway, Code: "container_error", Message: "The app cut the response.", Err: err}

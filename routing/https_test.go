@@ -39,6 +39,14 @@ func httpsClient(r *testenv.Router, ca *testenv.CA) *http.Client {
 	}
 }
 
+// wantRedirect checks that resp is a 301 to want.
+func wantRedirect(t *testing.T, resp *http.Response, want string) {
+	t.Helper()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+		t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+}
+
 // handshake opens a TLS connection to the router with server name sni and
 // returns the certificate it was given.
 func handshake(t *testing.T, r *testenv.Router, ca *testenv.CA, sni string, cfg *tls.Config) (*x509.Certificate, error) {
@@ -305,18 +313,14 @@ func TestForceHTTPSAndCanonical(t *testing.T) {
 			resp, err := noFollow.Do(req)
 			must(t, err)
 			resp.Body.Close()
-			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != tt.want {
-				t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), tt.want)
-			}
+			wantRedirect(t, resp, tt.want)
 		})
 	}
 	t.Run("HTTPS canonical redirect", func(t *testing.T) {
 		resp, err := client.Get("https://www.shop.example.com/b?q=1")
 		must(t, err)
 		resp.Body.Close()
-		if want := "https://shop.example.com:" + httpsPort + "/b?q=1"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
-			t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
-		}
+		wantRedirect(t, resp, "https://shop.example.com:"+httpsPort+"/b?q=1")
 	})
 	t.Run("HSTS", func(t *testing.T) {
 		resp, err := client.Get("https://shop.example.com/")
@@ -369,9 +373,7 @@ func TestTLSPassthrough(t *testing.T) {
 	must(t, err)
 	resp.Body.Close()
 	_, port, _ := net.SplitHostPort(w.r.HTTPSAddr)
-	if want := "https://secure.example.com:" + port + "/inside?q=1"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
-		t.Fatalf("plain HTTP to a passthrough app: %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
-	}
+	wantRedirect(t, resp, "https://secure.example.com:"+port+"/inside?q=1") // plain HTTP to a passthrough app
 
 	// A relayed connection left open does not hold the router's shutdown.
 	open, err := tls.Dial("tcp", w.r.HTTPSAddr, &tls.Config{RootCAs: ca.Pool(), ServerName: "secure.example.com"})

@@ -15,7 +15,6 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,8 +305,9 @@ func (p *Proxy) route(r *http.Request, x *exchange) *Error {
 }
 
 // errAllTried is acquire's answer when every container of the app was
-// tried: RoundTrip reports the failure to connect to them.
-var errAllTried = &Error{Status: http.StatusBadGateway, Code: "container_unreachable", Message: "The app could not be reached."}
+// tried. It is never sent: RoundTrip reports the failure to connect to
+// them, which upstreamError maps.
+var errAllTried = &Error{Code: "all_tried"}
 
 // acquire takes a slot on one of x.app's containers that x has not tried,
 // waiting in the app's queue while they are all busy: a request that
@@ -932,10 +932,11 @@ func (c *clientIdle) cause(err error) error {
 	return fmt.Errorf("%w: %w", errClientIdle, err)
 }
 
-// isTimeout reports whether err is a deadline that passed.
+// isTimeout reports whether err is a deadline that passed (a net.Error
+// whose Timeout is true, os.ErrDeadlineExceeded among them).
 func isTimeout(err error) bool {
 	var ne net.Error
-	return err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // logWriter sends the standard library's log lines (from ReverseProxy and

@@ -228,11 +228,12 @@ func (t *Table) Apply(batch []events.Event) {
 	// between two dirty apps: withdraw the old routes before adding new ones.
 	for _, st := range t.dirty {
 		var a *App
+		prev := st.ref.app.Load()
 		if st.alive() {
-			a = t.build(st, st.ref.app.Load())
+			a = t.build(st, prev)
 		}
 		t.built = append(t.built, a)
-		if prev := st.ref.app.Load(); prev != nil {
+		if prev != nil {
 			for _, d := range prev.Domains {
 				if a == nil || !slices.Contains(a.Domains, d) {
 					r.unroute(d, st.ref)

@@ -467,6 +467,34 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	}
 }
 
+// A client connection idle between requests is closed after
+// KeepAliveTimeout: an idle client holds no connection for long.
+func TestIdleKeepAliveIsClosed(t *testing.T) {
+	w := newWorld(t, routing.Config{KeepAliveTimeout: 200 * time.Millisecond})
+	w.deploy(t, "app", events.AppOptions{}, testenv.StartContainer(t, "app", "a"))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(w.r.URL, "http://"))
+	must(t, err)
+	defer conn.Close()
+	must(t, conn.SetDeadline(time.Now().Add(testenv.Timeout)))
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+	must(t, err)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	must(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("the first request: %d, close %v; want 200 on a kept-alive connection", resp.StatusCode, resp.Close)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the idle connection: read %v, want the router to close it", err)
+	}
+	if got := time.Since(start); got > 2*time.Second {
+		t.Fatalf("the idle connection was closed after %v, want about 200ms", got)
+	}
+}
+
 func TestRequestLimits(t *testing.T) {
 	w := newWorld(t, routing.Config{MaxRequestBody: 1000})
 	c := testenv.StartContainer(t, "app", "a")
@@ -1056,9 +1084,7 @@ func TestRedirectsNeedNoContainer(t *testing.T) {
 		resp, err := http.DefaultTransport.RoundTrip(req)
 		must(t, err)
 		resp.Body.Close()
-		if want := "https://shop.example.com:" + httpsPort + "/cart"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
-			t.Fatalf("got %d to %q, want 301 to %q", resp.StatusCode, resp.Header.Get("Location"), want)
-		}
+		wantRedirect(t, resp, "https://shop.example.com:"+httpsPort+"/cart")
 	})
 	t.Run("canonical over HTTPS has HSTS", func(t *testing.T) {
 		resp, err := client.Get("https://www.shop.example.com/")

@@ -144,13 +144,12 @@ func (p *Peers) Run(ctx context.Context) error {
 			count(time.Now())
 		case m := <-msgs:
 			var hb Heartbeat
-			if err := json.Unmarshal(m.Data, &hb); err != nil {
-				p.Logger.Debug().Str("data", string(m.Data)).Msg("heartbeat ignored: malformed")
-				continue
-			}
 			now := time.Now()
 			awake(now) // after an outage, resume before this beat counts
-			newcomer, ok := c.heard(hb, now)
+			newcomer, ok := false, json.Unmarshal(m.Data, &hb) == nil
+			if ok {
+				newcomer, ok = c.heard(hb, now)
+			}
 			if !ok {
 				p.Logger.Debug().Str("data", string(m.Data)).Msg("heartbeat ignored: malformed")
 				continue
