@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/rs/zerolog"
@@ -40,9 +41,13 @@ type App struct {
 // the round-robin cursor, so that a new container set does not restart the
 // rotation.
 type appRef struct {
-	app   atomic.Pointer[App] // nil while the app is deleted
-	next  atomic.Uint64
-	queue waitQueue // requests waiting for a free container
+	app atomic.Pointer[App] // nil while the app is deleted
+	// routesChanged is the version of the last snapshot that changed the
+	// route of a domain that the base of a hostMap sends to this app. A
+	// lookup reads it with app: it is next to it, in the same cache line.
+	routesChanged atomic.Uint64
+	next          atomic.Uint64
+	queue         waitQueue // requests waiting for a free container
 }
 
 // Snapshot is one version of the route table's maps (which domains and names
@@ -52,7 +57,7 @@ type appRef struct {
 // number of goroutines may read it without locking.
 type Snapshot struct {
 	version   uint64
-	hosts     hamt[appRef] // exact domain → owner
+	hosts     hostMap      // exact domain → owner
 	wildcards hamt[appRef] // "example.com" for the owner of "*.example.com"
 	apps      hamt[appRef]
 	next      chan struct{} // closed when a newer Snapshot is published
@@ -99,7 +104,7 @@ func (s *Snapshot) Lookup(host string) (*App, bool) {
 	if name == "" {
 		return nil, false
 	}
-	if ref, ok := s.hosts.Get(name); ok {
+	if ref, ok := s.hosts.get(name); ok {
 		return load(ref, ok)
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
@@ -169,7 +174,20 @@ type Table struct {
 	// empty between batches and keep their arrays from one to the next.
 	dirty []*appState
 	built []*App
+	// merging is set while a new base for the host map is built in the
+	// background, and sinceMerge lists the domains whose routes changed
+	// since the snapshot it is built from.
+	merging    bool
+	sinceMerge []string
+	// quiet merges a delta too small to need a merge once no event has
+	// come for quietAfter, so that lookups find every domain in the base.
+	quiet      *time.Timer
+	quietAfter time.Duration
 }
+
+// mergeQuiet is how long the table waits after the last change before it
+// merges a host map's delta that is not large enough to need it.
+const mergeQuiet = time.Second
 
 // appState is what the table knows of an app: each aspect with the
 // generation that set it, and the highest generation of a delete.
@@ -198,7 +216,8 @@ func (st *appState) generation() uint64 {
 // as the container stays in its app's container set; a nil limiter turns
 // shaping off.
 func NewTable(log zerolog.Logger, limiter *shaping.Limiter) *Table {
-	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string]claimLine{}}
+	t := &Table{log: log, limiter: limiter, states: map[string]*appState{}, claims: map[string]claimLine{},
+		quietAfter: mergeQuiet}
 	t.cur.Store(&Snapshot{next: make(chan struct{})})
 	return t
 }
@@ -223,7 +242,15 @@ func (t *Table) Apply(batch []events.Event) {
 		return
 	}
 	old := t.cur.Load()
-	r := routes{hosts: old.hosts.builder(), wildcards: old.wildcards.builder(), apps: old.apps.builder()}
+	var changed *[]string
+	if t.merging {
+		changed = &t.sinceMerge
+	}
+	r := routes{
+		hosts:     old.hosts.builder(old.version+1, changed),
+		wildcards: old.wildcards.builder(),
+		apps:      old.apps.builder(),
+	}
 	// Only the domains that change owner touch the maps. Ownership may move
 	// between two dirty apps: withdraw the old routes before adding new ones.
 	for _, st := range t.dirty {
@@ -261,15 +288,57 @@ func (t *Table) Apply(batch []events.Event) {
 		// find the app scaled to zero, or gone).
 		st.ref.queue.wakeAll()
 	}
-	next := &Snapshot{
-		version:   old.version + 1,
-		hosts:     r.hosts.Map(),
-		wildcards: r.wildcards.Map(),
-		apps:      r.apps.Map(),
-		next:      make(chan struct{}),
-	}
+	t.publish(old, &Snapshot{hosts: r.hosts.Map(), wildcards: r.wildcards.Map(), apps: r.apps.Map()})
+}
+
+// publish makes next, the maps of the version after old, the current
+// snapshot, and starts a merge of its host map if it needs one, or plans
+// one for when the events stop.
+func (t *Table) publish(old, next *Snapshot) {
+	next.version, next.next = old.version+1, make(chan struct{})
 	t.cur.Store(next)
 	close(old.next)
+	switch {
+	case t.merging:
+	case next.hosts.needsMerge():
+		t.merging = true
+		go t.merge(next)
+	case next.hosts.delta.Len() > 0 && t.quiet == nil:
+		t.quiet = time.AfterFunc(t.quietAfter, t.mergeWhenQuiet)
+	case next.hosts.delta.Len() > 0:
+		t.quiet.Reset(t.quietAfter)
+	}
+}
+
+// mergeWhenQuiet starts a merge of the current host map's delta, unless one
+// runs or the delta is empty.
+func (t *Table) mergeWhenQuiet() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.cur.Load(); !t.merging && s.hosts.delta.Len() > 0 {
+		t.merging = true
+		go t.merge(s)
+	}
+}
+
+// merge builds, off the event path, a new base for the host map of s, and
+// publishes a snapshot that uses it, with the routes changed meanwhile.
+func (t *Table) merge(s *Snapshot) {
+	start := time.Now()
+	base := s.hosts.merged()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.cur.Load()
+	next := &Snapshot{
+		hosts:     old.hosts.rebased(base, s.version, old.version+1, t.sinceMerge),
+		wildcards: old.wildcards,
+		apps:      old.apps,
+	}
+	clear(t.sinceMerge)
+	t.merging, t.sinceMerge = false, t.sinceMerge[:0]
+	t.publish(old, next)
+	t.log.Debug().Int("domains", len(base)).Int("changed_since", next.hosts.delta.Len()).
+		Dur("duration", time.Since(start)).Msg("host map merged")
 }
 
 // markDirty adds st to the apps whose routes the batch being applied
@@ -294,7 +363,7 @@ func (t *Table) clean() {
 
 // routes are the maps of the next Snapshot while Apply changes them.
 type routes struct {
-	hosts     hamtBuilder[appRef] // exact domain → owner
+	hosts     hostMapBuilder      // exact domain → owner
 	wildcards hamtBuilder[appRef] // "example.com" for the owner of "*.example.com"
 	apps      hamtBuilder[appRef]
 }
@@ -310,7 +379,10 @@ func (r *routes) route(domain string, ref *appRef) {
 
 // unroute removes domain unless another app has taken it already.
 func (r *routes) unroute(domain string, ref *appRef) {
-	m := &r.hosts
+	var m interface {
+		Get(string) (*appRef, bool)
+		Delete(string)
+	} = &r.hosts
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
 		m, domain = &r.wildcards, w
 	}
@@ -491,12 +563,12 @@ func retire(prev, next []Container) {
 func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt map[string]int64) {
 	for _, d := range st.domains {
 		if !slices.Contains(domains, d) {
-			t.reclaim(ev, d, claimant{})
+			t.reclaim(ev, st, d, claimant{})
 		}
 	}
 	for _, d := range domains {
 		if !slices.Contains(st.domains, d) || st.claimedAt[d] != claimedAt[d] {
-			t.reclaim(ev, d, claimant{app: ev.App, at: claimedAt[d]})
+			t.reclaim(ev, st, d, claimant{app: ev.App, at: claimedAt[d]})
 		}
 	}
 	st.domains = slices.Clone(domains)
@@ -505,9 +577,10 @@ func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt
 	st.claimsChanged = true
 }
 
-// reclaim replaces the claim of d by ev's app with c (none when c.app is
-// ""), marks the apps whose ownership changes, and logs the outcome.
-func (t *Table) reclaim(ev events.Event, d string, c claimant) {
+// reclaim replaces the claim of d by ev's app, whose state is st, with c
+// (none when c.app is ""), marks the apps whose ownership changes, and logs
+// the outcome.
+func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 	line := t.claims[d]
 	before := line.owner.app
 	line = line.without(ev.App)
@@ -522,9 +595,17 @@ func (t *Table) reclaim(ev events.Event, d string, c claimant) {
 	after := line.owner.app
 	if after != before {
 		for _, app := range []string{after, before} {
-			if st := t.states[app]; st != nil {
-				st.claimsChanged = true
-				t.markDirty(st)
+			var other *appState
+			switch app {
+			case ev.App:
+				other = st
+			case "": // no owner
+			default:
+				other = t.states[app]
+			}
+			if other != nil {
+				other.claimsChanged = true
+				t.markDirty(other)
 			}
 		}
 	}

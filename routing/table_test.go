@@ -561,7 +561,12 @@ func TestOldSnapshotsKeepTheirRoutes(t *testing.T) {
 	tb := NewTable(zerolog.Nop(), nil)
 	routesOf := func(s *Snapshot) map[string]*appRef {
 		out := map[string]*appRef{}
-		s.hosts.Range(func(k string, v *appRef) bool { out["host "+k] = v; return true })
+		for i := range 40 {
+			host := fmt.Sprintf("d%d.example.com", i)
+			if v, ok := s.hosts.get(host); ok {
+				out["host "+host] = v
+			}
+		}
 		s.wildcards.Range(func(k string, v *appRef) bool { out["wild "+k] = v; return true })
 		s.apps.Range(func(k string, v *appRef) bool { out["app "+k] = v; return true })
 		return out

@@ -1,0 +1,213 @@
+package routing
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-router/sluice/events"
+)
+
+// hostMapVersion is one published version of a hostMap and the routes it
+// must give.
+type hostMapVersion struct {
+	version uint64
+	m       hostMap
+	want    map[string]*appRef
+}
+
+// checkHostMap asserts that v.m routes every domain of domains as v.want
+// says, through the readers' path (get, with its shortcut of marks) and the
+// writer's (lookup).
+func checkHostMap(t *testing.T, v hostMapVersion, domains []string, when string) {
+	t.Helper()
+	for _, d := range domains {
+		want, wantOK := v.want[d]
+		if got, ok := v.m.get(d); got != want || ok != wantOK {
+			t.Fatalf("%s: get(%q) = %p, %v; want %p, %v", when, d, got, ok, want, wantOK)
+		}
+		if got, ok := v.m.lookup(d); got != want || ok != wantOK {
+			t.Fatalf("%s: lookup(%q) = %p, %v; want %p, %v", when, d, got, ok, want, wantOK)
+		}
+	}
+}
+
+// TestHostMapVersionsKeepTheirRoutes drives a hostMap through random
+// batches of routes set and removed, with merges started at random versions
+// and installed some batches later (as the table's background merge does),
+// and checks after every batch that every version published so far still
+// routes as it did when published.
+func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	refs := make([]*appRef, 12)
+	for i := range refs {
+		refs[i] = new(appRef)
+	}
+	domains := make([]string, 100)
+	for i := range domains {
+		domains[i] = fmt.Sprintf("d%d.example.com", i)
+	}
+	var (
+		cur       hostMap
+		version   uint64
+		want      = map[string]*appRef{}
+		published []hostMapVersion
+		merging   *hostMapVersion // the version a merge started from; nil: none
+		changed   []string        // domains changed since
+		merges    int
+	)
+	for batch := range 150 {
+		version++
+		var rec *[]string
+		if merging != nil {
+			rec = &changed
+		}
+		b := cur.builder(version, rec)
+		for range 1 + rng.IntN(20) {
+			d := domains[rng.IntN(len(domains))]
+			if rng.IntN(3) == 0 {
+				if _, ok := b.Get(d); ok {
+					b.Delete(d)
+				}
+				delete(want, d)
+			} else {
+				ref := refs[rng.IntN(len(refs))]
+				b.Set(d, ref)
+				want[d] = ref
+			}
+		}
+		cur = b.Map()
+		published = append(published, hostMapVersion{version, cur, maps.Clone(want)})
+		switch {
+		case merging == nil && rng.IntN(4) == 0:
+			from := published[len(published)-1]
+			merging, changed = &from, nil
+		case merging != nil && rng.IntN(3) == 0:
+			// The merge is done: a new version with the new base.
+			version++
+			cur = cur.rebased(merging.m.merged(), merging.version, version, changed)
+			published = append(published, hostMapVersion{version, cur, maps.Clone(want)})
+			merging = nil
+			merges++
+		}
+		for _, v := range published {
+			checkHostMap(t, v, domains, fmt.Sprintf("after batch %d, version %d", batch, v.version))
+		}
+	}
+	if merges < 10 {
+		t.Fatalf("%d merges, want at least 10: the test does not exercise them", merges)
+	}
+}
+
+// TestTableMergesInBackground applies batches that each move every one of
+// 3000 domains to another app, so that background merges start and land
+// between batches, while a reader looks domains up; every snapshot must keep
+// routing as it did when published, and the merges must end.
+func TestTableMergesInBackground(t *testing.T) {
+	const apps, perApp = 300, 10
+	tb := NewTable(zerolog.Nop(), nil)
+	done := make(chan struct{})
+	var reader sync.WaitGroup
+	reader.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+				tb.Snapshot().Lookup(fmt.Sprintf("dom-%d.example.com", i%(apps*perApp)))
+			}
+		}
+	})
+	defer func() { close(done); reader.Wait() }()
+
+	type version struct {
+		s    *Snapshot
+		want map[string]string // domain → app
+	}
+	var versions []version
+	gen := uint64(0)
+	for round := range 12 {
+		gen++
+		want := map[string]string{}
+		batch := make([]events.Event, 0, apps)
+		for a := range apps {
+			app := fmt.Sprintf("app-%d", a)
+			var ds []string
+			for k := range perApp {
+				// Each round hands every domain to another app.
+				d := fmt.Sprintf("dom-%d.example.com", ((a+round)%apps)*perApp+k)
+				ds = append(ds, d)
+				want[d] = app
+			}
+			batch = append(batch, events.Event{Kind: events.KindDomains, App: app, Generation: gen, Domains: ds})
+		}
+		tb.Apply(batch)
+		versions = append(versions, version{tb.Snapshot(), want})
+		for i, v := range versions {
+			for d, app := range v.want {
+				if got, ok := v.s.hosts.get(d); !ok || got != tb.states[app].ref {
+					t.Fatalf("after round %d, version %d routes %s to %p (%v), want %s", round, i, d, got, ok, app)
+				}
+			}
+		}
+	}
+	// The last merge lands, and the table still routes as the last round said.
+	if tb.Snapshot().hosts.baseVer == 0 {
+		t.Fatal("no merge landed between batches: the test does not exercise them")
+	}
+	last := versions[len(versions)-1].want
+	s := settle(t, tb)
+	for d, app := range last {
+		if a, ok := s.Lookup(d); !ok || a.Name != app {
+			t.Fatalf("after the merges, %s routes to %v (%v), want %s", d, a, ok, app)
+		}
+	}
+}
+
+// settle merges the delta of tb's host map and waits until the merges end,
+// as a table does once events stop.
+func settle(tb testing.TB, table *Table) *Snapshot {
+	tb.Helper()
+	for {
+		table.mergeWhenQuiet()
+		table.mu.Lock()
+		s, merging := table.cur.Load(), table.merging
+		table.mu.Unlock()
+		if !merging && s.hosts.delta.Len() == 0 {
+			return s
+		}
+		if merging {
+			<-s.Changed()
+		}
+	}
+}
+
+// TestTableMergesWhenQuiet checks that a delta too small to need a merge
+// goes into the base once events stop.
+func TestTableMergesWhenQuiet(t *testing.T) {
+	tb := NewTable(zerolog.Nop(), nil)
+	tb.quietAfter = 10 * time.Millisecond
+	tb.Apply([]events.Event{domains("web", 1, "a.example.com", "b.example.com"), domains("api", 1, "c.example.com")})
+	timeout := time.After(10 * time.Second)
+	for s := tb.Snapshot(); s.hosts.delta.Len() > 0; s = tb.Snapshot() {
+		select {
+		case <-s.Changed():
+		case <-timeout:
+			t.Fatalf("the delta still holds %d routes 10 s after the last event", s.hosts.delta.Len())
+		}
+	}
+	s := tb.Snapshot()
+	if len(s.hosts.base) != 3 {
+		t.Fatalf("base holds %d domains, want 3", len(s.hosts.base))
+	}
+	for d, app := range map[string]string{"a.example.com": "web", "b.example.com": "web", "c.example.com": "api"} {
+		if a, ok := s.Lookup(d); !ok || a.Name != app {
+			t.Errorf("%s routes to %v (%v), want %s", d, a, ok, app)
+		}
+	}
+}
