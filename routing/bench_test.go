@@ -200,3 +200,23 @@ func BenchmarkApply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMerge measures a merge of the host map at 100k apps (200k
+// domains) with a delta of base/8 routes, the size that starts one: the
+// work a background merge does, and that work spread over the changes that
+// called for it.
+func BenchmarkMerge(b *testing.B) {
+	tb, hosts := benchTable(b, 100_000)
+	s := settle(b, tb)
+	changes := len(s.hosts.base) / mergeRatio
+	builder := s.hosts.builder(s.version+1, nil)
+	for i := range changes {
+		builder.Delete(hosts[i])
+	}
+	m := builder.Map()
+	b.ReportAllocs()
+	for b.Loop() {
+		m.merged()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(changes), "ns/change")
+}

@@ -229,8 +229,9 @@ func (t *Table) Snapshot() *Snapshot { return t.cur.Load() }
 // Snapshot, or none if nothing changed. An event whose generation is not
 // newer than the state it would replace is ignored, so events may be
 // applied twice or out of order. Apply costs O(changed domains and
-// containers × log apps): it never copies the whole table, and the maps'
-// nodes it copies, it copies once per batch (see hamtBuilder).
+// containers × log apps): it never copies the whole table (the host map's
+// merges run in the background, see hostMap), and the maps' nodes it
+// copies, it copies once per batch (see hamtBuilder).
 func (t *Table) Apply(batch []events.Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
