@@ -44,7 +44,9 @@ func checkHostMap(t *testing.T, v hostMapVersion, domains []string, when string)
 // routes as it did when published.
 func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
-	refs := make([]*appRef, 12)
+	// More apps than a batch changes, so that most lookups take the
+	// shortcut past the delta.
+	refs := make([]*appRef, 60)
 	for i := range refs {
 		refs[i] = new(appRef)
 	}
@@ -170,7 +172,8 @@ func TestTableMergesInBackground(t *testing.T) {
 }
 
 // settle merges the delta of tb's host map and waits until the merges end,
-// as a table does once events stop.
+// as a table does once events stop: what is left in the delta is less than
+// quietMin routes.
 func settle(tb testing.TB, table *Table) *Snapshot {
 	tb.Helper()
 	for {
@@ -178,7 +181,7 @@ func settle(tb testing.TB, table *Table) *Snapshot {
 		table.mu.Lock()
 		s, merging := table.cur.Load(), table.merging
 		table.mu.Unlock()
-		if !merging && s.hosts.delta.Len() == 0 {
+		if !merging && s.hosts.delta.Len() < quietMin {
 			return s
 		}
 		if merging {
@@ -188,11 +191,19 @@ func settle(tb testing.TB, table *Table) *Snapshot {
 }
 
 // TestTableMergesWhenQuiet checks that a delta too small to need a merge
-// goes into the base once events stop.
+// goes into the base once events stop, unless it is smaller than quietMin:
+// then a merge would copy the whole host map for a few routes.
 func TestTableMergesWhenQuiet(t *testing.T) {
 	tb := NewTable(zerolog.Nop(), nil)
 	tb.quietAfter = 10 * time.Millisecond
-	tb.Apply([]events.Event{domains("web", 1, "a.example.com", "b.example.com"), domains("api", 1, "c.example.com")})
+	want := map[string]string{}
+	var batch []events.Event
+	for i := range quietMin {
+		app, d := fmt.Sprintf("app-%d", i), fmt.Sprintf("d%d.example.com", i)
+		batch = append(batch, domains(app, 1, d))
+		want[d] = app
+	}
+	tb.Apply(batch)
 	timeout := time.After(10 * time.Second)
 	for s := tb.Snapshot(); s.hosts.delta.Len() > 0; s = tb.Snapshot() {
 		select {
@@ -202,12 +213,25 @@ func TestTableMergesWhenQuiet(t *testing.T) {
 		}
 	}
 	s := tb.Snapshot()
-	if len(s.hosts.base) != 3 {
-		t.Fatalf("base holds %d domains, want 3", len(s.hosts.base))
+	if len(s.hosts.base) != quietMin {
+		t.Fatalf("base holds %d domains, want %d", len(s.hosts.base), quietMin)
 	}
-	for d, app := range map[string]string{"a.example.com": "web", "b.example.com": "web", "c.example.com": "api"} {
+	for d, app := range want {
 		if a, ok := s.Lookup(d); !ok || a.Name != app {
 			t.Errorf("%s routes to %v (%v), want %s", d, a, ok, app)
 		}
+	}
+
+	// A few routes changed: no merge, they are served from the delta.
+	tb.Apply([]events.Event{domains("app-0", 2, "d0.example.com", "extra.example.com")})
+	tb.mergeWhenQuiet()
+	tb.mu.Lock()
+	merging := tb.merging
+	tb.mu.Unlock()
+	if s := tb.Snapshot(); merging || s.hosts.delta.Len() != 1 {
+		t.Fatalf("merging %v, delta %d after one new route, want no merge and the route in the delta", merging, s.hosts.delta.Len())
+	}
+	if a, ok := tb.Snapshot().Lookup("extra.example.com"); !ok || a.Name != "app-0" {
+		t.Fatalf("extra.example.com routes to %v (%v), want app-0", a, ok)
 	}
 }

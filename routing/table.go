@@ -66,7 +66,8 @@ type Snapshot struct {
 // Version counts the snapshots published before this one.
 func (s *Snapshot) Version() uint64 { return s.version }
 
-// Changed returns a channel closed when a newer snapshot replaces this one.
+// Changed returns a channel closed when a newer snapshot replaces this one;
+// a merge of the host map publishes one with the same routes.
 func (s *Snapshot) Changed() <-chan struct{} { return s.next }
 
 // Len reports the number of apps.
@@ -186,8 +187,14 @@ type Table struct {
 }
 
 // mergeQuiet is how long the table waits after the last change before it
-// merges a host map's delta that is not large enough to need it.
-const mergeQuiet = time.Second
+// merges a host map's delta that is not large enough to need it, and
+// quietMin the size below which it leaves the delta as it is: a quiet merge
+// copies the whole host map, which a handful of changed routes, each a short
+// walk of the delta, is not worth.
+const (
+	mergeQuiet = time.Second
+	quietMin   = 64
+)
 
 // appState is what the table knows of an app: each aspect with the
 // generation that set it, and the highest generation of a delete.
@@ -304,19 +311,20 @@ func (t *Table) publish(old, next *Snapshot) {
 	case next.hosts.needsMerge():
 		t.merging = true
 		go t.merge(next)
-	case next.hosts.delta.Len() > 0 && t.quiet == nil:
+	case next.hosts.delta.Len() < quietMin:
+	case t.quiet == nil:
 		t.quiet = time.AfterFunc(t.quietAfter, t.mergeWhenQuiet)
-	case next.hosts.delta.Len() > 0:
+	default:
 		t.quiet.Reset(t.quietAfter)
 	}
 }
 
 // mergeWhenQuiet starts a merge of the current host map's delta, unless one
-// runs or the delta is empty.
+// runs or the delta is smaller than quietMin.
 func (t *Table) mergeWhenQuiet() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s := t.cur.Load(); !t.merging && s.hosts.delta.Len() > 0 {
+	if s := t.cur.Load(); !t.merging && s.hosts.delta.Len() >= quietMin {
 		t.merging = true
 		go t.merge(s)
 	}
