@@ -210,9 +210,6 @@ type hamtBuilder[T any] struct {
 // builder returns a builder starting from m.
 func (m hamt[T]) builder() hamtBuilder[T] { return hamtBuilder[T]{m: m} }
 
-// Get returns the value stored under key in the map being built.
-func (b *hamtBuilder[T]) Get(key string) (*T, bool) { return b.m.Get(key) }
-
 // Set makes key map to val.
 func (b *hamtBuilder[T]) Set(key string, val *T) { b.set(key, hashKey(key), val) }
 

@@ -133,12 +133,6 @@ func (m hostMap) builder(version uint64, changed *[]string) hostMapBuilder {
 	return hostMapBuilder{m: m, delta: m.delta.builder(), version: version, changed: changed}
 }
 
-// Get returns the owner of domain in the map being built.
-func (b *hostMapBuilder) Get(domain string) (*appRef, bool) {
-	ref, ok := b.m.base[domain]
-	return resolve(b.delta.m, domain, ref, ok)
-}
-
 // Set routes domain to ref.
 func (b *hostMapBuilder) Set(domain string, ref *appRef) {
 	b.touch(domain)

@@ -207,6 +207,7 @@ type appState struct {
 	deletedGen    uint64
 	containers    []Container
 	domains       []string         // claimed, owned or not; sorted, never changed in place
+	refused       []string         // those of domains another app owns; sorted, never changed in place
 	claimedAt     map[string]int64 // claim time of domains, unix ms; absent: unknown
 	options       events.AppOptions
 	ref           *appRef
@@ -271,7 +272,7 @@ func (t *Table) Apply(batch []events.Event) {
 		if prev != nil {
 			for _, d := range prev.Domains {
 				if a == nil || !slices.Contains(a.Domains, d) {
-					r.unroute(d, st.ref)
+					r.unroute(d)
 				}
 			}
 		}
@@ -386,47 +387,35 @@ func (r *routes) route(domain string, ref *appRef) {
 	}
 }
 
-// unroute removes domain unless another app has taken it already.
-func (r *routes) unroute(domain string, ref *appRef) {
-	var m interface {
-		Get(string) (*appRef, bool)
-		Delete(string)
-	} = &r.hosts
+// unroute removes the route of domain. Apply withdraws every route a batch
+// removes before it adds any, and a domain has one owner in the published
+// Apps: the route it removes is the app's own.
+func (r *routes) unroute(domain string) {
 	if w, ok := strings.CutPrefix(domain, "*."); ok {
-		m, domain = &r.wildcards, w
-	}
-	if cur, ok := m.Get(domain); ok && cur == ref {
-		m.Delete(domain)
+		r.wildcards.Delete(w)
+	} else {
+		r.hosts.Delete(domain)
 	}
 }
 
 // build makes the App published for st. When st owns every domain it
 // claims (the usual case), the App shares st's sorted list of domains, which
-// is never changed in place.
+// is never changed in place; the state knows which domains it is refused,
+// so build needs no lookup of the claims.
 func (t *Table) build(st *appState, prev *App) *App {
 	a := &App{Name: st.name, Generation: st.generation(), Containers: st.containers, Options: st.options, ref: st.ref,
 		Domains: st.domains}
-	if prev != nil && !st.claimsChanged {
+	switch {
+	case prev != nil && !st.claimsChanged:
 		// Only its containers changed: the domains it owns are the same.
 		a.Domains, a.Refused = prev.Domains, prev.Refused
-		return a
-	}
-	for i, d := range st.domains {
-		if t.claims[d].owner.app != st.name {
-			a.Domains = slices.Clone(st.domains[:i])
-			break
-		}
-	}
-	if len(a.Domains) < len(st.domains) {
-		for _, d := range st.domains[len(a.Domains):] {
-			if t.claims[d].owner.app == st.name {
-				a.Domains = append(a.Domains, d)
-			} else {
-				a.Refused = append(a.Refused, d)
-			}
-		}
-	}
-	if a.Domains == nil {
+	case len(st.refused) > 0:
+		a.Domains = slices.DeleteFunc(slices.Clone(st.domains), func(d string) bool {
+			_, refused := slices.BinarySearch(st.refused, d)
+			return refused
+		})
+		a.Refused = st.refused
+	case a.Domains == nil:
 		a.Domains = []string{} // "[]" in JSON, not null
 	}
 	return a
@@ -587,8 +576,9 @@ func (t *Table) claim(ev events.Event, st *appState, domains []string, claimedAt
 }
 
 // reclaim replaces the claim of d by ev's app, whose state is st, with c
-// (none when c.app is ""), marks the apps whose ownership changes, and logs
-// the outcome.
+// (none when c.app is ""), records in the states which of their domains
+// they are refused, marks the apps whose ownership changes, and logs the
+// outcome.
 func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 	line := t.claims[d]
 	before := line.owner.app
@@ -596,12 +586,13 @@ func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 	if c.app != "" {
 		line = line.with(c)
 	}
-	if line.owner.app == "" {
-		delete(t.claims, d)
-		return
-	}
-	t.claims[d] = line
 	after := line.owner.app
+	if after == "" {
+		delete(t.claims, d)
+	} else {
+		t.claims[d] = line
+	}
+	st.refused = setRefused(st.refused, d, c.app != "" && after != ev.App)
 	if after != before {
 		for _, app := range []string{after, before} {
 			var other *appState
@@ -610,7 +601,9 @@ func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 				other = st
 			case "": // no owner
 			default:
+				// Its claim is unchanged: it has d now, or waits for it.
 				other = t.states[app]
+				other.refused = setRefused(other.refused, d, app == before)
 			}
 			if other != nil {
 				other.claimsChanged = true
@@ -619,13 +612,28 @@ func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 		}
 	}
 	switch {
-	case c.app == "" && before == ev.App:
+	case c.app == "" && before == ev.App && after != "":
 		withEvent(t.log.Info(), ev).Str("domain", d).Str("new_owner", after).Msg("domain released to the next app claiming it")
 	case c.app != "" && after != ev.App:
 		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", after).Str("refused", ev.App).Str("code", "domain_conflict").Msg("domain refused: owned by another app")
 	case c.app != "" && before != "" && before != ev.App:
 		withEvent(t.log.Warn(), ev).Str("domain", d).Str("owner", ev.App).Str("refused", before).Str("code", "domain_conflict").Msg("domain taken over by an earlier claim: the other app's claim is refused")
 	}
+}
+
+// setRefused returns the sorted list refused with d in it or not, as is,
+// leaving the list given unchanged: an App may share it.
+func setRefused(refused []string, d string, is bool) []string {
+	i, in := slices.BinarySearch(refused, d)
+	switch {
+	case is == in:
+		return refused
+	case is:
+		return slices.Insert(slices.Clip(refused), i, d)
+	case len(refused) == 1:
+		return nil
+	}
+	return slices.Delete(slices.Clone(refused), i, i+1)
 }
 
 // claimant is one app's claim of a domain.

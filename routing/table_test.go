@@ -214,6 +214,10 @@ func TestDomainConflict(t *testing.T) {
 	if got := owner(tb.Snapshot(), "shop.example.com"); got != "second" {
 		t.Fatalf("after release, shop.example.com owned by %q, want second", got)
 	}
+	second, _ = tb.Snapshot().App("second")
+	if !slices.Equal(second.Domains, []string{"second.example.com", "shop.example.com"}) || len(second.Refused) != 0 {
+		t.Errorf("after release, second has domains %v, refused %v; want both domains, none refused", second.Domains, second.Refused)
+	}
 	// Deleting the new owner frees it entirely.
 	tb.Apply([]events.Event{del("second", 3)})
 	if got := owner(tb.Snapshot(), "shop.example.com"); got != "" {
