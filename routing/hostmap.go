@@ -1,43 +1,51 @@
 package routing
 
-import "maps"
+import (
+	"maps"
+	"sync/atomic"
+)
 
-// hostMap is the persistent map from exact domains to their owners that
-// every request reads. A hamt alone costs a walk of four to five levels at
-// 200k domains, each a cache miss when the path is cold, where a Go map
-// reaches its entry in about one; but a Go map cannot change under its
-// readers, and copying it for each change would cost the whole table.
+// hostMap is the map from exact domains to their owners that every request
+// reads, as of one snapshot. A hamt alone costs a walk of four to five
+// levels at 200k domains, each a cache miss when the path is cold, where a
+// Go map reaches its entry in about one; but a Go map cannot change under
+// its readers, and copying it for each change would cost the whole table.
 //
 // So a hostMap is a frozen Go map, base, built from the snapshot of version
-// baseVer, plus a hamt of the routes changed since, delta (a removed route
-// maps to removed). A change copies a path of the delta only. When the
-// delta has grown to an eighth of the base, a merge builds a new base off
-// the event path (see Table.merge): a merge costs O(domains), spread over
-// the base/8 changes that called for it, so that no event pays for it and
-// its cost per change does not grow with the table.
+// baseVer, plus the routes changed since, delta: a log shared by the
+// hostMaps of every version after baseVer, where each change is added with
+// the version of the snapshot that makes it, and read up to the version of
+// the hostMap (see routeLog). A change adds one route to the log and copies
+// nothing. When the changes reach an eighth of the base, a merge builds a
+// new base off the event path (see Table.merge): a merge costs O(domains),
+// spread over the base/8 changes that called for it, so that no event pays
+// for it and its cost per change does not grow with the table.
 //
 // A lookup that finds its domain in the base needs the delta only if the
-// domain's route changed after baseVer, and that is known without walking
+// domain's route changed after baseVer, and that is known without reading
 // the delta: each change of a route marks the app the base leads to with
 // the version of the snapshot that changes it (appRef.routesChanged), and
-// the app is loaded anyway. The delta is walked for the apps marked and for
+// the app is loaded anyway. The delta is read for the apps marked and for
 // the domains the base does not have.
 //
-// A hostMap is never changed once published: a base is not written after it
-// is built, and marks only send lookups to the delta, which gives the right
-// answer for every snapshot whatever the mark says.
+// What a hostMap returns never changes once it is published: a base is not
+// written after it is built, the log only gains routes of later versions,
+// and marks only send lookups to the delta, which gives the right answer
+// for every version whatever the mark says.
 type hostMap struct {
 	base    map[string]*appRef // never written once published
 	baseVer uint64             // version of the snapshot base was built from
-	delta   hamt[appRef]       // routes changed since baseVer
+	delta   *routeLog          // routes changed since baseVer, of this version and later ones; nil: none
+	version uint64             // of the snapshot: the routes of delta up to it apply
+	changes int                // routes of delta up to version
 }
 
 // removed marks, in a delta, a route the base has and that is gone.
 var removed = new(appRef)
 
-// mergeMin is the size of a delta always worth keeping, and mergeRatio the
-// fraction of the base beyond which a merge starts: an eighth keeps the
-// delta's paths short for about nine domains copied per change.
+// mergeMin is the number of changes always worth keeping in a delta, and
+// mergeRatio the fraction of the base beyond which a merge starts: an
+// eighth copies about nine domains per change.
 const (
 	mergeMin   = 1024
 	mergeRatio = 8
@@ -46,23 +54,22 @@ const (
 // get returns the owner of domain.
 func (m *hostMap) get(domain string) (*appRef, bool) {
 	ref, ok := m.base[domain]
-	if ok && ref.routesChanged.Load() <= m.baseVer || m.delta.Len() == 0 {
+	if ok && ref.routesChanged.Load() <= m.baseVer || m.changes == 0 {
 		return ref, ok
 	}
-	return resolve(m.delta, domain, ref, ok)
+	return m.resolve(domain, ref, ok)
 }
 
 // lookup returns the owner of domain without the shortcut of marks, for
 // the writer.
 func (m *hostMap) lookup(domain string) (*appRef, bool) {
 	ref, ok := m.base[domain]
-	return resolve(m.delta, domain, ref, ok)
+	return m.resolve(domain, ref, ok)
 }
 
-// resolve returns the owner of domain given delta and what the base holds
-// for it.
-func resolve(delta hamt[appRef], domain string, ref *appRef, ok bool) (*appRef, bool) {
-	if d, changed := delta.Get(domain); changed {
+// resolve returns the owner of domain given what the base holds for it.
+func (m *hostMap) resolve(domain string, ref *appRef, ok bool) (*appRef, bool) {
+	if d, changed := m.delta.route(domain, m.version); changed {
 		if d == removed {
 			return nil, false
 		}
@@ -73,22 +80,21 @@ func resolve(delta hamt[appRef], domain string, ref *appRef, ok bool) (*appRef, 
 
 // needsMerge reports whether the delta has grown enough for a new base.
 func (m *hostMap) needsMerge() bool {
-	return m.delta.Len() > mergeMin+len(m.base)/mergeRatio
+	return m.changes > mergeMin+len(m.base)/mergeRatio
 }
 
 // merged returns a new base: m's base with its delta applied.
 func (m *hostMap) merged() map[string]*appRef {
 	base := maps.Clone(m.base)
 	if base == nil {
-		base = make(map[string]*appRef, m.delta.Len())
+		base = make(map[string]*appRef, m.changes)
 	}
-	m.delta.Range(func(domain string, ref *appRef) bool {
+	m.delta.each(m.version, func(domain string, ref *appRef) {
 		if ref == removed {
 			delete(base, domain)
 		} else {
 			base[domain] = ref
 		}
-		return true
 	})
 	return base
 }
@@ -98,31 +104,27 @@ func (m *hostMap) merged() map[string]*appRef {
 // snapshot (m routes them as they are now), and version the version of the
 // snapshot the result is for.
 func (m *hostMap) rebased(base map[string]*appRef, baseVer, version uint64, changed []string) hostMap {
-	var delta hamtBuilder[appRef]
+	b := hostMap{base: base, baseVer: baseVer}.builder(version, nil)
 	for _, domain := range changed {
 		ref, ok := m.lookup(domain)
-		was, had := base[domain]
-		switch {
-		case ok == had && ref == was:
-			delta.Delete(domain) // the base has it right, or listed twice
-			continue
-		case ok:
-			delta.Set(domain, ref)
-		default:
-			delta.Set(domain, removed)
+		if was, had := base[domain]; ok == had && ref == was {
+			continue // the base has it right
 		}
-		if had {
-			was.routesChanged.Store(version)
+		if _, listed := b.m.delta.route(domain, version); listed {
+			continue // listed twice: once is enough
+		}
+		if ok {
+			b.Set(domain, ref)
+		} else {
+			b.Delete(domain)
 		}
 	}
-	return hostMap{base: base, baseVer: baseVer, delta: delta.Map()}
+	return b.Map()
 }
 
 // hostMapBuilder makes the changes of a batch to a hostMap.
 type hostMapBuilder struct {
-	m       hostMap
-	delta   hamtBuilder[appRef]
-	version uint64    // of the snapshot being built
+	m       hostMap   // of the version being built
 	changed *[]string // where to record the domains changed; nil: nowhere
 }
 
@@ -130,39 +132,164 @@ type hostMapBuilder struct {
 // version, starting from m; the domains it changes are appended to
 // *changed, unless changed is nil.
 func (m hostMap) builder(version uint64, changed *[]string) hostMapBuilder {
-	return hostMapBuilder{m: m, delta: m.delta.builder(), version: version, changed: changed}
+	m.version = version
+	return hostMapBuilder{m: m, changed: changed}
 }
 
 // Set routes domain to ref.
-func (b *hostMapBuilder) Set(domain string, ref *appRef) {
-	b.touch(domain)
-	b.delta.Set(domain, ref)
-}
+func (b *hostMapBuilder) Set(domain string, ref *appRef) { b.add(domain, ref) }
 
 // Delete removes the route of domain.
-func (b *hostMapBuilder) Delete(domain string) {
-	if b.touch(domain) {
-		b.delta.Set(domain, removed)
-	} else {
-		b.delta.Delete(domain)
-	}
-}
+func (b *hostMapBuilder) Delete(domain string) { b.add(domain, removed) }
 
-// touch records that domain changes, marks the app the base sends it to,
-// and reports whether the base has domain.
-func (b *hostMapBuilder) touch(domain string) bool {
+// add records that domain routes to ref, marks the app the base sends it
+// to, and records the domain as changed.
+func (b *hostMapBuilder) add(domain string, ref *appRef) {
 	if b.changed != nil {
 		*b.changed = append(*b.changed, domain)
 	}
-	ref, ok := b.m.base[domain]
-	if ok {
-		ref.routesChanged.Store(b.version)
+	if was, ok := b.m.base[domain]; ok {
+		was.routesChanged.Store(b.m.version)
 	}
-	return ok
+	if b.m.delta == nil {
+		b.m.delta = newRouteLog(mergeMin + len(b.m.base)/mergeRatio)
+	}
+	b.m.delta = b.m.delta.add(domain, ref, b.m.version)
+	b.m.changes++
 }
 
 // Map returns the map built.
-func (b *hostMapBuilder) Map() hostMap {
-	b.m.delta = b.delta.Map()
-	return b.m
+func (b *hostMapBuilder) Map() hostMap { return b.m }
+
+// routeLog is the delta of a hostMap: the domains whose routes changed
+// since its base, each with its routes newest first, and each route with
+// the version of the snapshot that set it. One writer (Apply and merge,
+// under Table.mu) adds to it while request handlers read it without a
+// lock, each as of the version of its snapshot: it takes the first route
+// of the domain not newer than that version.
+//
+// Nothing is changed once readers can see it: the writer builds a domain's
+// entry, or a route, completely, then publishes it with one atomic store,
+// and a route is only ever put in front of the routes it replaces. So a
+// version's routes are all there before its snapshot is published, and what
+// a reader of that version finds never changes.
+//
+// The entries are in an open-addressing table, linear probing, kept at most
+// half full. When it would be fuller, the writer copies the entries (not
+// their routes) to a table twice the size and goes on with that one; the
+// readers of earlier versions keep the old one, which has every domain they
+// can need.
+type routeLog struct {
+	slots []atomic.Pointer[logEntry] // a power of two long
+	used  int                        // entries; only the writer reads it
+}
+
+// logEntry is a domain of a routeLog and its routes.
+type logEntry struct {
+	domain string
+	hash   uint64
+	latest atomic.Pointer[logRoute]
+}
+
+// logRoute is a route of a domain from a version on.
+type logRoute struct {
+	version uint64
+	ref     *appRef // removed: no route
+	older   *logRoute
+}
+
+// newRouteLog returns an empty log for about n domains.
+func newRouteLog(n int) *routeLog {
+	size := 16
+	for size < 2*n {
+		size *= 2
+	}
+	return &routeLog{slots: make([]atomic.Pointer[logEntry], size)}
+}
+
+// find returns the entry of domain, whose hash is hash; nil if it has none.
+func (l *routeLog) find(domain string, hash uint64) *logEntry {
+	mask := uint64(len(l.slots) - 1)
+	for i := hash & mask; ; i = (i + 1) & mask {
+		if e := l.slots[i].Load(); e == nil || e.hash == hash && e.domain == domain {
+			return e
+		}
+	}
+}
+
+// route returns the route of domain as of version, and whether the log has
+// one.
+func (l *routeLog) route(domain string, version uint64) (*appRef, bool) {
+	if l == nil {
+		return nil, false
+	}
+	if e := l.find(domain, hashKey(domain)); e != nil {
+		return e.at(version)
+	}
+	return nil, false
+}
+
+// at returns the route of e as of version, and whether it has one.
+func (e *logEntry) at(version uint64) (*appRef, bool) {
+	for r := e.latest.Load(); r != nil; r = r.older {
+		if r.version <= version {
+			return r.ref, true
+		}
+	}
+	return nil, false
+}
+
+// add records that domain routes to ref from version on, and returns the
+// log to write to from now on: l, or a larger copy of it.
+func (l *routeLog) add(domain string, ref *appRef, version uint64) *routeLog {
+	hash := hashKey(domain)
+	e := l.find(domain, hash)
+	if e != nil {
+		e.latest.Store(&logRoute{version: version, ref: ref, older: e.latest.Load()})
+		return l
+	}
+	if 2*(l.used+1) > len(l.slots) {
+		l = l.grown()
+	}
+	e = &logEntry{domain: domain, hash: hash}
+	e.latest.Store(&logRoute{version: version, ref: ref})
+	l.insert(e)
+	return l
+}
+
+// insert puts e, whose domain l does not have, in a free slot.
+func (l *routeLog) insert(e *logEntry) {
+	mask := uint64(len(l.slots) - 1)
+	i := e.hash & mask
+	for l.slots[i].Load() != nil {
+		i = (i + 1) & mask
+	}
+	l.slots[i].Store(e)
+	l.used++
+}
+
+// grown returns a log twice the size of l with the same entries.
+func (l *routeLog) grown() *routeLog {
+	g := &routeLog{slots: make([]atomic.Pointer[logEntry], 2*len(l.slots))}
+	for i := range l.slots {
+		if e := l.slots[i].Load(); e != nil {
+			g.insert(e)
+		}
+	}
+	return g
+}
+
+// each calls f with every domain of l that has a route as of version, and
+// that route.
+func (l *routeLog) each(version uint64, f func(domain string, ref *appRef)) {
+	if l == nil {
+		return
+	}
+	for i := range l.slots {
+		if e := l.slots[i].Load(); e != nil {
+			if ref, ok := e.at(version); ok {
+				f(e.domain, ref)
+			}
+		}
+	}
 }

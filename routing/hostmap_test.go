@@ -106,6 +106,66 @@ func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
 	}
 }
 
+// TestRouteLogVersions adds routes to a log that starts small, so that it
+// grows many times, and checks after each version that every earlier
+// version, read through the log it was published with, still finds the
+// routes it had.
+func TestRouteLogVersions(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	refs := make([]*appRef, 10)
+	for i := range refs {
+		refs[i] = new(appRef)
+	}
+	domains := make([]string, 300)
+	for i := range domains {
+		domains[i] = fmt.Sprintf("d%d.example.com", i)
+	}
+	type published struct {
+		log  *routeLog
+		want map[string]*appRef
+	}
+	var (
+		log   = newRouteLog(1)
+		want  = map[string]*appRef{}
+		views []published
+		grown int
+	)
+	for version := uint64(1); version <= 150; version++ {
+		before := log
+		for range 1 + rng.IntN(10) {
+			d := domains[rng.IntN(len(domains))]
+			ref := refs[rng.IntN(len(refs))]
+			log = log.add(d, ref, version)
+			want[d] = ref
+		}
+		if log != before {
+			grown++
+		}
+		views = append(views, published{log, maps.Clone(want)})
+		for v, p := range views {
+			for _, d := range domains {
+				wantRef, wantOK := p.want[d]
+				if got, ok := p.log.route(d, uint64(v+1)); got != wantRef || ok != wantOK {
+					t.Fatalf("after version %d: version %d routes %s to %p, %v; want %p, %v", version, v+1, d, got, ok, wantRef, wantOK)
+				}
+			}
+			n := 0
+			p.log.each(uint64(v+1), func(d string, ref *appRef) {
+				n++
+				if ref != p.want[d] {
+					t.Fatalf("after version %d: each at version %d gives %s to %p, want %p", version, v+1, d, ref, p.want[d])
+				}
+			})
+			if n != len(p.want) {
+				t.Fatalf("after version %d: each at version %d gives %d domains, want %d", version, v+1, n, len(p.want))
+			}
+		}
+	}
+	if grown < 4 {
+		t.Fatalf("the log grew %d times, want at least 4: the test does not exercise it", grown)
+	}
+}
+
 // TestTableMergesInBackground applies batches that each move every one of
 // 3000 domains to another app, so that background merges start and land
 // between batches, while a reader looks domains up; every snapshot must keep
@@ -181,7 +241,7 @@ func settle(tb testing.TB, table *Table) *Snapshot {
 		table.mu.Lock()
 		s, merging := table.cur.Load(), table.merging
 		table.mu.Unlock()
-		if !merging && s.hosts.delta.Len() < quietMin {
+		if !merging && s.hosts.changes < quietMin {
 			return s
 		}
 		if merging {
@@ -205,11 +265,11 @@ func TestTableMergesWhenQuiet(t *testing.T) {
 	}
 	tb.Apply(batch)
 	timeout := time.After(10 * time.Second)
-	for s := tb.Snapshot(); s.hosts.delta.Len() > 0; s = tb.Snapshot() {
+	for s := tb.Snapshot(); s.hosts.changes > 0; s = tb.Snapshot() {
 		select {
 		case <-s.Changed():
 		case <-timeout:
-			t.Fatalf("the delta still holds %d routes 10 s after the last event", s.hosts.delta.Len())
+			t.Fatalf("the delta still holds %d routes 10 s after the last event", s.hosts.changes)
 		}
 	}
 	s := tb.Snapshot()
@@ -228,8 +288,8 @@ func TestTableMergesWhenQuiet(t *testing.T) {
 	tb.mu.Lock()
 	merging := tb.merging
 	tb.mu.Unlock()
-	if s := tb.Snapshot(); merging || s.hosts.delta.Len() != 1 {
-		t.Fatalf("merging %v, delta %d after one new route, want no merge and the route in the delta", merging, s.hosts.delta.Len())
+	if s := tb.Snapshot(); merging || s.hosts.changes != 1 {
+		t.Fatalf("merging %v, delta %d after one new route, want no merge and the route in the delta", merging, s.hosts.changes)
 	}
 	if a, ok := tb.Snapshot().Lookup("extra.example.com"); !ok || a.Name != "app-0" {
 		t.Fatalf("extra.example.com routes to %v (%v), want app-0", a, ok)

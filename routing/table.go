@@ -312,7 +312,7 @@ func (t *Table) publish(old, next *Snapshot) {
 	case next.hosts.needsMerge():
 		t.merging = true
 		go t.merge(next)
-	case next.hosts.delta.Len() < quietMin:
+	case next.hosts.changes < quietMin:
 	case t.quiet == nil:
 		t.quiet = time.AfterFunc(t.quietAfter, t.mergeWhenQuiet)
 	default:
@@ -325,7 +325,7 @@ func (t *Table) publish(old, next *Snapshot) {
 func (t *Table) mergeWhenQuiet() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s := t.cur.Load(); !t.merging && s.hosts.delta.Len() >= quietMin {
+	if s := t.cur.Load(); !t.merging && s.hosts.changes >= quietMin {
 		t.merging = true
 		go t.merge(s)
 	}
@@ -347,7 +347,7 @@ func (t *Table) merge(s *Snapshot) {
 	clear(t.sinceMerge)
 	t.merging, t.sinceMerge = false, t.sinceMerge[:0]
 	t.publish(old, next)
-	t.log.Debug().Int("domains", len(base)).Int("changed_since", next.hosts.delta.Len()).
+	t.log.Debug().Int("domains", len(base)).Int("changed_since", next.hosts.changes).
 		Dur("duration", time.Since(start)).Msg("host map merged")
 }
 
