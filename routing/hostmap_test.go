@@ -37,6 +37,19 @@ func checkHostMap(t *testing.T, v hostMapVersion, domains []string, when string)
 	}
 }
 
+// testRoutes returns apps apps' references and domains domain names.
+func testRoutes(apps, domains int) ([]*appRef, []string) {
+	refs := make([]*appRef, apps)
+	for i := range refs {
+		refs[i] = new(appRef)
+	}
+	names := make([]string, domains)
+	for i := range names {
+		names[i] = fmt.Sprintf("d%d.example.com", i)
+	}
+	return refs, names
+}
+
 // TestHostMapVersionsKeepTheirRoutes drives a hostMap through random
 // batches of routes set and removed, with merges started at random versions
 // and installed some batches later (as the table's background merge does),
@@ -46,14 +59,7 @@ func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	// More apps than a batch changes, so that most lookups take the
 	// shortcut past the delta.
-	refs := make([]*appRef, 60)
-	for i := range refs {
-		refs[i] = new(appRef)
-	}
-	domains := make([]string, 100)
-	for i := range domains {
-		domains[i] = fmt.Sprintf("d%d.example.com", i)
-	}
+	refs, domains := testRoutes(60, 100)
 	var (
 		cur       hostMap
 		version   uint64
@@ -112,14 +118,7 @@ func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
 // routes it had.
 func TestRouteLogVersions(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	refs := make([]*appRef, 10)
-	for i := range refs {
-		refs[i] = new(appRef)
-	}
-	domains := make([]string, 300)
-	for i := range domains {
-		domains[i] = fmt.Sprintf("d%d.example.com", i)
-	}
+	refs, domains := testRoutes(10, 300)
 	type published struct {
 		log  *routeLog
 		want map[string]*appRef
