@@ -13,10 +13,9 @@ import (
 //
 // So a hostMap is a frozen Go map, base, built from the snapshot of version
 // baseVer, plus the routes changed since, delta: a log shared by the
-// hostMaps of every version after baseVer, where each change is added with
-// the version of the snapshot that makes it, and read up to the version of
-// the hostMap (see routeLog). A change adds one route to the log and copies
-// nothing. When the changes reach an eighth of the base, a merge builds a
+// hostMaps that use that base, where each change is added with the version
+// of the snapshot that makes it, and read up to the version of the hostMap
+// (see routeLog). A change adds one route to the log and copies nothing. When the changes reach an eighth of the base, a merge builds a
 // new base off the event path (see Table.merge): a merge costs O(domains),
 // spread over the base/8 changes that called for it, so that no event pays
 // for it and its cost per change does not grow with the table.
@@ -37,7 +36,7 @@ type hostMap struct {
 	baseVer uint64             // version of the snapshot base was built from
 	delta   *routeLog          // routes changed since baseVer, of this version and later ones; nil: none
 	version uint64             // of the snapshot: the routes of delta up to it apply
-	changes int                // routes of delta up to version
+	changes int                // routes added to delta up to version, repeats included
 }
 
 // removed marks, in a delta, a route the base has and that is gone.
@@ -83,8 +82,10 @@ func (m *hostMap) needsMerge() bool {
 	return m.changes > mergeMin+len(m.base)/mergeRatio
 }
 
-// merged returns a new base: m's base with its delta applied.
-func (m *hostMap) merged() map[string]*appRef {
+// merged returns the start of a hostMap with a new base, m's base with its
+// delta applied, and an empty delta sized for it: both are built off the
+// event path, by the merge's goroutine.
+func (m *hostMap) merged() hostMap {
 	base := maps.Clone(m.base)
 	if base == nil {
 		base = make(map[string]*appRef, m.changes)
@@ -96,18 +97,19 @@ func (m *hostMap) merged() map[string]*appRef {
 			base[domain] = ref
 		}
 	})
-	return base
+	return hostMap{base: base, delta: deltaFor(base)}
 }
 
-// rebased returns m with base as its base, built from the snapshot of
-// version baseVer: changed are the domains whose routes changed after that
-// snapshot (m routes them as they are now), and version the version of the
+// rebased returns next, which merged built from the snapshot of version
+// baseVer, with the routes of changed, the domains whose routes changed
+// after that snapshot, as m has them now; version is the version of the
 // snapshot the result is for.
-func (m *hostMap) rebased(base map[string]*appRef, baseVer, version uint64, changed []string) hostMap {
-	b := hostMap{base: base, baseVer: baseVer}.builder(version, nil)
+func (m *hostMap) rebased(next hostMap, baseVer, version uint64, changed []string) hostMap {
+	next.baseVer = baseVer
+	b := next.builder(version, nil)
 	for _, domain := range changed {
 		ref, ok := m.lookup(domain)
-		if was, had := base[domain]; ok == had && ref == was {
+		if was, had := next.base[domain]; ok == had && ref == was {
 			continue // the base has it right
 		}
 		if _, listed := b.m.delta.route(domain, version); listed {
@@ -130,7 +132,10 @@ type hostMapBuilder struct {
 
 // builder returns a builder of the hostMap of the snapshot of version
 // version, starting from m; the domains it changes are appended to
-// *changed, unless changed is nil.
+// *changed, unless changed is nil. The builder writes to m's log, which
+// m shares with the hostMaps of earlier versions: m must be the newest
+// hostMap of its log (the current snapshot's, under Table.mu), and the map
+// built must be published.
 func (m hostMap) builder(version uint64, changed *[]string) hostMapBuilder {
 	m.version = version
 	return hostMapBuilder{m: m, changed: changed}
@@ -152,7 +157,7 @@ func (b *hostMapBuilder) add(domain string, ref *appRef) {
 		was.routesChanged.Store(b.m.version)
 	}
 	if b.m.delta == nil {
-		b.m.delta = newRouteLog(mergeMin + len(b.m.base)/mergeRatio)
+		b.m.delta = deltaFor(b.m.base)
 	}
 	b.m.delta = b.m.delta.add(domain, ref, b.m.version)
 	b.m.changes++
@@ -168,11 +173,11 @@ func (b *hostMapBuilder) Map() hostMap { return b.m }
 // lock, each as of the version of its snapshot: it takes the first route
 // of the domain not newer than that version.
 //
-// Nothing is changed once readers can see it: the writer builds a domain's
-// entry, or a route, completely, then publishes it with one atomic store,
-// and a route is only ever put in front of the routes it replaces. So a
-// version's routes are all there before its snapshot is published, and what
-// a reader of that version finds never changes.
+// Nothing a reader can see at or below its version changes: the writer
+// builds a domain's entry, or a route, completely, then publishes it with
+// one atomic store, and a route is only ever put in front of the routes it
+// replaces. So a version's routes are all there before its snapshot is
+// published, and what a reader of that version finds never changes.
 //
 // The entries are in an open-addressing table, linear probing, kept at most
 // half full. When it would be fuller, the writer copies the entries (not
@@ -196,6 +201,12 @@ type logRoute struct {
 	version uint64
 	ref     *appRef // removed: no route
 	older   *logRoute
+}
+
+// deltaFor returns an empty log for the changes of a base until the next
+// merge: mergeMin + base/8 routes.
+func deltaFor(base map[string]*appRef) *routeLog {
+	return newRouteLog(mergeMin + len(base)/mergeRatio)
 }
 
 // newRouteLog returns an empty log for about n domains.

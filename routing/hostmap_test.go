@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -112,10 +114,10 @@ func TestHostMapVersionsKeepTheirRoutes(t *testing.T) {
 	}
 }
 
-// TestRouteLogVersions adds routes to a log that starts small, so that it
-// grows many times, and checks after each version that every earlier
-// version, read through the log it was published with, still finds the
-// routes it had.
+// TestRouteLogVersions adds routes and removals to a log that starts small,
+// so that it grows many times, and checks after each version that every
+// earlier version, read through the log it was published with, still finds
+// the routes it had.
 func TestRouteLogVersions(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	refs, domains := testRoutes(10, 300)
@@ -134,6 +136,9 @@ func TestRouteLogVersions(t *testing.T) {
 		for range 1 + rng.IntN(10) {
 			d := domains[rng.IntN(len(domains))]
 			ref := refs[rng.IntN(len(refs))]
+			if rng.IntN(4) == 0 {
+				ref = removed // the log keeps removals as routes
+			}
 			log = log.add(d, ref, version)
 			want[d] = ref
 		}
@@ -167,30 +172,55 @@ func TestRouteLogVersions(t *testing.T) {
 
 // TestTableMergesInBackground applies batches that each move every one of
 // 3000 domains to another app, so that background merges start and land
-// between batches, while a reader looks domains up; every snapshot must keep
+// between batches and the host map's log grows, while a reader checks
+// random domains of random published snapshots; every snapshot must keep
 // routing as it did when published, and the merges must end.
 func TestTableMergesInBackground(t *testing.T) {
 	const apps, perApp = 300, 10
 	tb := NewTable(zerolog.Nop(), nil)
-	done := make(chan struct{})
-	var reader sync.WaitGroup
-	reader.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-done:
-				return
-			default:
-				tb.Snapshot().Lookup(fmt.Sprintf("dom-%d.example.com", i%(apps*perApp)))
-			}
-		}
-	})
-	defer func() { close(done); reader.Wait() }()
-
 	type version struct {
 		s    *Snapshot
 		want map[string]string // domain → app
 	}
-	var versions []version
+	var (
+		mu       sync.Mutex // guards versions
+		versions []version
+	)
+	check := func(v version, d, when string) {
+		if a, ok := v.s.Lookup(d); !ok || a.Name != v.want[d] {
+			t.Errorf("%s: version %d routes %s to %v (%v), want %s", when, v.s.Version(), d, a, ok, v.want[d])
+		}
+	}
+	done := make(chan struct{})
+	var reader sync.WaitGroup
+	reader.Go(func() {
+		rng := rand.New(rand.NewPCG(9, 10))
+		for checked := 0; ; checked++ {
+			select {
+			case <-done:
+				if checked < 1000 {
+					t.Errorf("the reader checked %d lookups, want at least 1000", checked)
+				}
+				return
+			default:
+			}
+			mu.Lock()
+			n := len(versions)
+			var v version
+			if n > 0 {
+				v = versions[rng.IntN(n)]
+			}
+			mu.Unlock()
+			if n == 0 {
+				checked--
+				runtime.Gosched()
+				continue
+			}
+			check(v, fmt.Sprintf("dom-%d.example.com", rng.IntN(apps*perApp)), "while batches are applied")
+		}
+	})
+	defer func() { close(done); reader.Wait() }()
+
 	gen := uint64(0)
 	for round := range 12 {
 		gen++
@@ -208,25 +238,26 @@ func TestTableMergesInBackground(t *testing.T) {
 			batch = append(batch, events.Event{Kind: events.KindDomains, App: app, Generation: gen, Domains: ds})
 		}
 		tb.Apply(batch)
+		mu.Lock()
 		versions = append(versions, version{tb.Snapshot(), want})
-		for i, v := range versions {
-			for d, app := range v.want {
-				if got, ok := v.s.hosts.get(d); !ok || got != tb.states[app].ref {
-					t.Fatalf("after round %d, version %d routes %s to %p (%v), want %s", round, i, d, got, ok, app)
-				}
+		published := slices.Clone(versions)
+		mu.Unlock()
+		for _, v := range published {
+			for d := range v.want {
+				check(v, d, fmt.Sprintf("after round %d", round))
 			}
+		}
+		if t.Failed() {
+			return
 		}
 	}
 	// The last merge lands, and the table still routes as the last round said.
 	if tb.Snapshot().hosts.baseVer == 0 {
 		t.Fatal("no merge landed between batches: the test does not exercise them")
 	}
-	last := versions[len(versions)-1].want
 	s := settle(t, tb)
-	for d, app := range last {
-		if a, ok := s.Lookup(d); !ok || a.Name != app {
-			t.Fatalf("after the merges, %s routes to %v (%v), want %s", d, a, ok, app)
-		}
+	for d := range versions[len(versions)-1].want {
+		check(version{s, versions[len(versions)-1].want}, d, "after the merges")
 	}
 }
 

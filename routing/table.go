@@ -188,9 +188,9 @@ type Table struct {
 
 // mergeQuiet is how long the table waits after the last change before it
 // merges a host map's delta that is not large enough to need it, and
-// quietMin the size below which it leaves the delta as it is: a quiet merge
-// copies the whole host map, which a handful of changed routes, each a short
-// walk of the delta, is not worth.
+// quietMin the number of routes added below which it leaves the delta as it
+// is: a quiet merge copies the whole host map, which a handful of changed
+// routes, each a probe of the delta, is not worth.
 const (
 	mergeQuiet = time.Second
 	quietMin   = 64
@@ -335,19 +335,19 @@ func (t *Table) mergeWhenQuiet() {
 // publishes a snapshot that uses it, with the routes changed meanwhile.
 func (t *Table) merge(s *Snapshot) {
 	start := time.Now()
-	base := s.hosts.merged()
+	merged := s.hosts.merged()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.cur.Load()
 	next := &Snapshot{
-		hosts:     old.hosts.rebased(base, s.version, old.version+1, t.sinceMerge),
+		hosts:     old.hosts.rebased(merged, s.version, old.version+1, t.sinceMerge),
 		wildcards: old.wildcards,
 		apps:      old.apps,
 	}
 	clear(t.sinceMerge)
 	t.merging, t.sinceMerge = false, t.sinceMerge[:0]
 	t.publish(old, next)
-	t.log.Debug().Int("domains", len(base)).Int("changed_since", next.hosts.changes).
+	t.log.Debug().Int("domains", len(merged.base)).Int("changed_since", next.hosts.changes).
 		Dur("duration", time.Since(start)).Msg("host map merged")
 }
 
@@ -621,8 +621,8 @@ func (t *Table) reclaim(ev events.Event, st *appState, d string, c claimant) {
 	}
 }
 
-// setRefused returns the sorted list refused with d in it or not, as is,
-// leaving the list given unchanged: an App may share it.
+// setRefused returns the sorted list refused with d if is, without d
+// otherwise. It leaves the list given unchanged: an App may share it.
 func setRefused(refused []string, d string, is bool) []string {
 	i, in := slices.BinarySearch(refused, d)
 	switch {
