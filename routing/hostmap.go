@@ -15,10 +15,11 @@ import (
 // baseVer, plus the routes changed since, delta: a log shared by the
 // hostMaps that use that base, where each change is added with the version
 // of the snapshot that makes it, and read up to the version of the hostMap
-// (see routeLog). A change adds one route to the log and copies nothing. When the changes reach an eighth of the base, a merge builds a
-// new base off the event path (see Table.merge): a merge costs O(domains),
-// spread over the base/8 changes that called for it, so that no event pays
-// for it and its cost per change does not grow with the table.
+// (see routeLog). A change adds one route to the log and copies nothing.
+// When the changes reach an eighth of the base, a merge builds a new base
+// off the event path (see Table.merge): a merge costs O(domains), spread
+// over the base/8 changes that called for it, so that no event pays for it
+// and its cost per change does not grow with the table.
 //
 // A lookup that finds its domain in the base needs the delta only if the
 // domain's route changed after baseVer, and that is known without reading
@@ -39,7 +40,7 @@ type hostMap struct {
 	changes int                // routes added to delta up to version, repeats included
 }
 
-// removed marks, in a delta, a route the base has and that is gone.
+// removed marks, in a delta, a route that is gone.
 var removed = new(appRef)
 
 // mergeMin is the number of changes always worth keeping in a delta, and
